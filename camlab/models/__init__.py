@@ -1,0 +1,5 @@
+"""Models: backbone registry and the CAM classifier."""
+
+from camlab.models.classifier import CAMClassifier
+
+__all__ = ["CAMClassifier"]

@@ -1,0 +1,65 @@
+"""Class activation maps from a single forward pass.
+
+For a network ``image -> A (B, K, h, w) -> pool -> linear (W: C x K, b: C)``, the class activation map of
+class ``c`` is ``M^c(i, j) = sum_k W[c, k] * A[k, i, j]`` (Zhou et al. 2015, eq. 2). With global average
+pooling, ``mean_ij M^c = y^c - b^c`` exactly, so the CAM is the spatial decomposition of the logit.
+
+Every function here is a pure tensor function: no hooks, no second forward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def class_activation_maps(features: Tensor, weight: Tensor, classes: Tensor) -> Tensor:
+    """CAMs of the given classes from unpooled features and the linear head's weight.
+
+    Args:
+        features: ``(B, K, h, w)`` feature maps ``A`` of the last conv block.
+        weight: ``(C, K)`` weight of the linear classifier.
+        classes: ``(B,)`` one class per image, or ``(B, k)`` several classes per image.
+
+    Returns:
+        ``(B, h, w)`` or ``(B, k, h, w)`` raw (unnormalized) maps ``M^c``.
+
+    >>> A = torch.ones(1, 2, 3, 3); W = torch.tensor([[1.0, 2.0], [0.5, -1.0]])
+    >>> class_activation_maps(A, W, torch.tensor([0]))[0, 0, 0].item()
+    3.0
+    """
+    if features.ndim != 4:
+        raise ValueError(f"features must be (B, K, h, w), got shape {tuple(features.shape)}")
+    if classes.ndim == 1:
+        w = weight[classes]  # (B, K)
+        return torch.einsum("bkhw,bk->bhw", features, w.to(features.dtype))
+    w = weight[classes]  # (B, k, K)
+    return torch.einsum("bkhw,bnk->bnhw", features, w.to(features.dtype))
+
+
+def all_class_activation_maps(features: Tensor, weight: Tensor) -> Tensor:
+    """CAMs of every class: ``(B, K, h, w), (C, K) -> (B, C, h, w)`` (a 1x1 convolution)."""
+    return torch.einsum("bkhw,ck->bchw", features, weight.to(features.dtype))
+
+
+def upsample(cams: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear upsampling of ``(B, h, w)`` maps to ``(B, H, W)`` (``align_corners=False``)."""
+    return F.interpolate(cams.unsqueeze(1).float(), size=size, mode="bilinear", align_corners=False).squeeze(1)
+
+
+def minmax_normalize(cams: Tensor) -> Tensor:
+    """Per-map min-max normalization of ``(B, H, W)`` maps to ``[0, 1]``.
+
+    A map containing a NaN, or a constant map (max == min), becomes all zeros: the convention of the public
+    WSOL benchmark (Choe et al. 2020), which makes such a map predict no object rather than the whole image.
+
+    >>> minmax_normalize(torch.tensor([[[1.0, 3.0]], [[2.0, 2.0]]])).tolist()
+    [[[0.0, 1.0]], [[0.0, 0.0]]]
+    """
+    flat = cams.flatten(1)
+    lo = flat.amin(dim=1).view(-1, 1, 1)
+    hi = flat.amax(dim=1).view(-1, 1, 1)
+    bad = (hi <= lo) | torch.isnan(flat).any(dim=1).view(-1, 1, 1)
+    out = (cams - lo) / torch.where(bad, torch.ones_like(hi), hi - lo)
+    return torch.where(bad, torch.zeros_like(out), out)

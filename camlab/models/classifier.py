@@ -1,0 +1,149 @@
+"""CAMClassifier: backbone -> global pooling -> linear, with CAMs from the same forward pass."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from camlab.cam import class_activation_maps
+
+POOLS = ("gap", "gmp")
+
+
+class CAMClassifier(L.LightningModule):
+    """A classifier whose logits are ``y^c = sum_k w_k^c pool(A^k) + b^c`` and whose CAMs come for free.
+
+    Args:
+        backbone: module mapping ``(B, 3, H, W)`` images to ``(B, K, h, w)`` features, with ``num_features`` = K.
+        num_classes: number of classes C.
+        pool: ``"gap"`` (global average pooling, the CAM paper's choice) or ``"gmp"`` (global max pooling).
+        optimizer: a partial ``torch.optim.Optimizer`` (Hydra ``_partial_: true``) taking the param groups.
+        scheduler: optional partial LR scheduler; ``total_steps`` / ``T_max`` are filled in from the trainer
+            when the scheduler takes them and the config leaves them out. Stepped every optimizer step.
+        head_lr_mult: learning-rate multiplier of the new linear head relative to the backbone (e.g. 10 when
+            fine-tuning a pretrained backbone).
+        label_smoothing: cross-entropy label smoothing.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        pool: str = "gap",
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        head_lr_mult: float = 1.0,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        num_features = getattr(backbone, "num_features", None)
+        if not isinstance(num_features, int):
+            raise ValueError(f"backbone {type(backbone).__name__} must expose an int `num_features` (channels K)")
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
+        self.backbone = backbone
+        self.pool = pool
+        self.head = nn.Linear(num_features, num_classes)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.head_lr_mult = head_lr_mult
+        self.label_smoothing = label_smoothing
+        self.num_classes = num_classes
+        topk = min(5, num_classes)
+        self.train_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=topk, average="micro")
+        self.topk = topk
+
+    # ---- forward -------------------------------------------------------------------------------------
+    def pooled(self, features: Tensor) -> Tensor:
+        if self.pool == "gap":
+            return features.mean(dim=(2, 3))  # (B, K)
+        return features.amax(dim=(2, 3))  # (B, K)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """``(B, 3, H, W) -> {"logits": (B, C), "features": (B, K, h, w)}``."""
+        features = self.backbone(images)  # (B, K, h, w)
+        logits = self.head(self.pooled(features))  # (B, C)
+        return {"logits": logits, "features": features}
+
+    def cam(self, features: Tensor, classes: Tensor) -> Tensor:
+        """Raw CAMs ``M^c = sum_k w_k^c A^k`` of ``classes`` ((B,) or (B, k)) from this forward's features."""
+        return class_activation_maps(features, self.head.weight, classes)
+
+    # ---- steps ---------------------------------------------------------------------------------------
+    def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        out = self(batch["image"])
+        loss = self._loss(out["logits"], batch["label"])
+        self.train_acc(out["logits"], batch["label"])
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", self.train_acc, prog_bar=True, on_step=False, on_epoch=True)
+        return loss
+
+    def _eval_step(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
+        out = self(batch["image"])
+        loss = self._loss(out["logits"], batch["label"])
+        self.val_acc(out["logits"], batch["label"])
+        self.val_acc5(out["logits"], batch["label"])
+        bs = batch["label"].shape[0]
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=bs)
+        self.log(f"{stage}/acc", self.val_acc, prog_bar=True, batch_size=bs)
+        self.log(f"{stage}/acc_top{self.topk}", self.val_acc5, batch_size=bs)
+        # The CAM callback reads the features of THIS forward pass: no second pass, no hooks.
+        return {"loss": loss, "logits": out["logits"].detach(), "features": out["features"].detach()}
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._eval_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Tensor] | Tensor, batch_idx: int) -> dict[str, Tensor]:
+        images = batch["image"] if isinstance(batch, dict) else batch
+        return self(images)
+
+    # ---- optimization --------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise ValueError("CAMClassifier needs an `optimizer` (a partial optimizer, e.g. Hydra _partial_: true)")
+        groups = [
+            {"params": [p for p in self.backbone.parameters() if p.requires_grad], "name": "backbone"},
+            {"params": list(self.head.parameters()), "name": "head"},
+        ]
+        optimizer = self.optimizer_factory(groups)
+        if self.head_lr_mult != 1.0:
+            optimizer.param_groups[1]["lr"] *= self.head_lr_mult
+            optimizer.param_groups[1]["initial_lr"] = optimizer.param_groups[1]["lr"]
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self._build_scheduler(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _build_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        factory = self.scheduler_factory
+        given = dict(getattr(factory, "keywords", {}) or {})
+        target = getattr(factory, "func", factory)
+        params = inspect.signature(target).parameters
+        extra: dict[str, Any] = {}
+        steps = int(self.trainer.estimated_stepping_batches)
+        if "total_steps" in params and given.get("total_steps") is None and given.get("epochs") is None:
+            extra["total_steps"] = steps
+        if "T_max" in params and given.get("T_max") is None:
+            extra["T_max"] = steps
+        if "max_lr" in params:
+            # One peak per param group, so the head keeps its multiplier under OneCycleLR.
+            extra["max_lr"] = [g["lr"] for g in optimizer.param_groups]
+        return factory(optimizer, **extra)

@@ -1,0 +1,86 @@
+"""Training entry point: ``camlab-train [overrides]`` or ``python -m camlab.train [overrides]``.
+
+Composes ``conf/train.yaml`` (shipped inside the package as ``camlab.conf``), instantiates data, model,
+callbacks, loggers and trainer, fits, tests the best checkpoint, and returns the metric named by
+``optimized_metric`` (for Hydra sweepers such as Optuna).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from camlab.utils import (
+    ConfigError,
+    cleanup_distributed,
+    describe_error,
+    install_ddp_child_command,
+    instantiate_group,
+    print_run_summary,
+    resolve_ckpt_path,
+)
+
+log = logging.getLogger("camlab.train")
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit (and test) the configured model; returns the final metrics as plain floats."""
+    import lightning.pytorch as L
+    import torch
+    from hydra.utils import instantiate
+
+    L.seed_everything(cfg.seed, workers=True)
+    if cfg.trainer.get("accelerator") == "cpu":
+        torch.set_float32_matmul_precision("high")
+
+    datamodule = instantiate(cfg.data, _convert_="partial")
+    model = instantiate(cfg.model, _convert_="partial")
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    for lg in trainer.loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+    if cfg.get("test", False):
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+        ckpt = best if best and cfg.get("train", True) else None
+        if not cfg.get("train", True) and cfg.get("ckpt_path"):
+            ckpt = resolve_ckpt_path(cfg)
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+
+    print_run_summary(cfg, trainer, metrics)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="pkg://camlab.conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    install_ddp_child_command("camlab.train")
+    try:
+        metrics = train(cfg)
+    except ConfigError as err:
+        # One readable line for bad input; no traceback from deep inside a library.
+        raise SystemExit(f"camlab: error: {err}") from None
+    except Exception as err:  # noqa: BLE001
+        message = describe_error(err)
+        if message is None:
+            raise
+        raise SystemExit(f"camlab: error: {message}") from None
+    finally:
+        cleanup_distributed()
+    value = metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Glue between Hydra configs and Lightning objects: instantiation, errors, DDP child commands, summaries."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+log = logging.getLogger("camlab")
+
+# Errors whose message is meant for the user: shown as one line, without a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, TypeError)
+DDP_ENV_VARS = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GLOBAL_RANK", "RANK")
+
+
+class ConfigError(ValueError):
+    """A configuration or input problem the user can fix; reported as one line."""
+
+
+def instantiate_group(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every ``_target_`` node of a config group (callbacks, loggers) into a list."""
+    from hydra.utils import instantiate
+
+    if not cfg:
+        return []
+    objects = []
+    for key, node in cfg.items():
+        if isinstance(node, DictConfig) and "_target_" in node:
+            objects.append(instantiate(node, _convert_="partial"))
+        elif node is not None and not isinstance(node, DictConfig):
+            raise ConfigError(f"config key '{key}' must be a node with a _target_, got {node!r}")
+    return objects
+
+
+def describe_error(err: BaseException) -> str | None:
+    """A one-line description of a user-fixable error (unwrapping Hydra's InstantiationException), else None."""
+    from hydra.errors import InstantiationException
+
+    key = None
+    root: BaseException = err
+    while isinstance(root, InstantiationException):
+        msg = str(root)
+        if "full_key:" in msg and key is None:
+            key = msg.rsplit("full_key:", 1)[1].strip().splitlines()[0]
+        if root.__cause__ is None:
+            # Hydra's own problem (e.g. a _target_ that cannot be imported): its message is already readable.
+            first = msg.strip().splitlines()
+            return " ".join(line.strip() for line in first if line.strip())
+        root = root.__cause__
+    if isinstance(root, ConfigError) or (root is not err and isinstance(root, USER_ERRORS)):
+        text = str(root.args[0]) if isinstance(root, KeyError) and root.args else str(root)
+        where = f" (config key '{key}')" if key else ""
+        return f"{text}{where}"
+    if isinstance(root, FileNotFoundError):
+        return str(root)
+    return None
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path``: null -> None; "last" -> <checkpoint_dir>/last.ckpt (must exist); else an existing file."""
+    value = cfg.get("ckpt_path")
+    if not value:
+        return None
+    if value == "last":
+        path = Path(cfg.paths.checkpoint_dir) / "last.ckpt"
+        if not path.is_file():
+            raise ConfigError(
+                f"ckpt_path=last but {path} does not exist; reuse the run dir of the run to resume "
+                f"(hydra.run.dir=<that dir>) or pass ckpt_path=<file.ckpt>"
+            )
+        return str(path)
+    if not Path(value).is_file():
+        raise ConfigError(f"ckpt_path '{value}' is not a file")
+    return str(value)
+
+
+def install_ddp_child_command(module: str) -> None:
+    """Make Lightning's DDP re-launch run THIS job's overrides as a plain run in THIS job's output dir.
+
+    Stock Lightning re-runs ``sys.argv``: under ``-m`` every child would run the whole sweep again into a
+    second sweep dir (and with the Optuna sweeper ranks would train different hyperparameters). The child
+    gets the job's concrete overrides (``HydraConfig.overrides.task``) and ``hydra.run.dir`` = the job's dir.
+    """
+    from lightning.fabric.strategies.launchers import subprocess_script
+
+    def _child_command(local_rank: int) -> tuple[list[str], str]:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.utils import get_original_cwd
+
+        hc = HydraConfig.get()
+        out_dir = hc.runtime.output_dir
+        command = [sys.executable, "-m", module, f"--config-name={hc.job.config_name}"]
+        command += list(hc.overrides.task)
+        command += [
+            f'hydra.run.dir="{out_dir}"',
+            f"hydra.job.name=train_ddp_process_{local_rank}",
+            "hydra.output_subdir=null",
+        ]
+        return command, get_original_cwd()
+
+    subprocess_script._hydra_subprocess_cmd = _child_command
+
+
+def cleanup_distributed() -> None:
+    """After a job: destroy the process group and forget the DDP env, so the next multirun job starts clean."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - best effort at teardown
+        pass
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        for var in DDP_ENV_VARS:
+            os.environ.pop(var, None)
+
+
+def _logger_dirs(trainer: Any) -> list[str]:
+    dirs = []
+    for lg in trainer.loggers:
+        name = type(lg).__name__
+        path = getattr(lg, "log_dir", None) or getattr(lg, "save_dir", None)
+        if name == "CSVLogger" and path:
+            dirs.append(f"metrics (CSV)     {Path(path) / 'metrics.csv'}")
+        elif path:
+            dirs.append(f"{name:<17} {path}")
+    return dirs
+
+
+def print_run_summary(cfg: DictConfig, trainer: Any, metrics: dict[str, float]) -> None:
+    """Print where the run's outputs are and its headline numbers (rank 0 only)."""
+    if not trainer.is_global_zero:
+        return
+    out = Path(cfg.paths.output_dir)
+    lines = [f"run dir           {out}"]
+    ckpt = trainer.checkpoint_callback
+    if ckpt is not None:
+        if getattr(ckpt, "best_model_path", ""):
+            lines.append(f"best checkpoint   {ckpt.best_model_path}")
+        last = Path(cfg.paths.checkpoint_dir) / "last.ckpt"
+        if last.exists():
+            lines.append(f"last checkpoint   {last}")
+    lines += _logger_dirs(trainer)
+    cams = out / "cams" / "overlay_latest.png"
+    if cams.exists():
+        lines.append(f"CAM overlays      {cams}")
+    keys = ["val/acc", "val/loc/gt_known_loc", "val/loc/top1_loc", "val/loc/MaxBoxAccV2", "val/loc/PxAP",
+            "test/acc", "test/loc/gt_known_loc", "test/loc/MaxBoxAccV2", "test/loc/PxAP"]
+    shown = [f"{k}={metrics[k]:.4g}" for k in keys if k in metrics]
+    if shown:
+        lines.append("metrics           " + "  ".join(shown))
+    print("\n".join(["", "camlab: run finished", *("  " + line for line in lines)]), flush=True)
