@@ -1,0 +1,712 @@
+"""Localization primitives for CAM evaluation: normalization, box extraction, IoU, PxAP histograms.
+
+Default semantics reproduce clovaai/wsolevaluation ("wsoleval") exactly, quirks included, so numbers
+compare with published tables (see ``benchmarks/METRICS_NOTES.md``):
+
+* score maps are float maps in [0, 1]; ``u8 = (map * 255).astype(uint8)`` (truncation, computed in the
+  map's own dtype: float32 maps multiply in float32, as wsoleval's pipeline does);
+* at threshold ``t`` a pixel is foreground iff ``u8 > int(t * u8.max())`` (strict, relative);
+* contours are OpenCV tree-mode contours: one outer contour per 8-connected foreground component and
+  one hole contour per 4-connected background component that does not touch the image border (its box
+  is the hole's pixel box grown by one pixel on each side);
+* a contour whose pixels span columns ``px0..px1`` and rows ``py0..py1`` gives the box
+  ``(px0, py0, min(px1 + 1, W - 1), min(py1 + 1, H - 1))`` (``cv2.boundingRect`` then wsoleval's clip);
+  no contour at all gives ``(0, 0, 0, 0)``;
+* IoU treats boxes as inclusive integer pixel bounds (``+1`` on widths and heights); union <= 0 -> 0;
+* camlab's ground-truth boxes are continuous torchvision ``xyxy`` floats; they are passed through
+  ``int()`` truncation and then treated as inclusive bounds, which is exactly what wsoleval does with
+  its (already integer) metadata boxes. A continuous box ``[0, 10)`` thus becomes the inclusive box
+  ``0..10`` (11 pixels): the same one-pixel quirk wsoleval has on CUB/ILSVRC.
+
+Fast path: :func:`best_ious_all_contours` gives, per image, the best IoU over *all* contours at every
+grid threshold (MaxBoxAccV2) without one connected-components call per threshold. The thresholded
+masks are nested, so the foreground components at every level form a component tree (max-tree); one
+union-find pass over the pixels sorted by value (8-connectivity, bounding boxes tracked per root) gives
+every component's box at every level. Holes are the 4-connected background components off the border:
+a second union-find pass over the pixels in increasing order (the border pre-merged into one "outside"
+set) gives every hole's box at every level. Both are numba kernels (``cache=True``).
+
+The largest-contour variant (MaxBoxAcc) needs ``cv2.contourArea`` (a polygon area through contour
+pixel centres), which the component tree does not give; :func:`best_ious_largest_contour` therefore
+calls ``cv2.findContours`` once per *distinct* threshold level, cropped to the foreground's bounding
+box and skipped when the mask did not change since the previous level.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numba import njit
+
+__all__ = [
+    "normalize_cams",
+    "upsample_cams",
+    "threshold_grid",
+    "scoremap_to_uint8",
+    "threshold_levels",
+    "boxes_at_threshold",
+    "gt_boxes_to_int",
+    "box_iou_inclusive",
+    "best_ious_all_contours",
+    "best_ious_largest_contour",
+    "best_ious_per_threshold",
+    "pxap_bin_edges",
+    "pxap_histograms",
+    "pxap_from_histograms",
+]
+
+
+# ----------------------------------------------------------------------------------------------------
+# score maps
+# ----------------------------------------------------------------------------------------------------
+def normalize_cams(cams: torch.Tensor) -> torch.Tensor:
+    """Min-max normalize each map of a batch to [0, 1].
+
+    A map containing a NaN, or whose min equals its max, becomes all zeros (wsoleval's rule).
+
+    Args:
+        cams: (B, H, W) float tensor.
+
+    Returns:
+        (B, H, W) tensor of the same dtype, values in [0, 1].
+
+    Example:
+        >>> cams = torch.tensor([[[1.0, 3.0], [2.0, 5.0]], [[4.0, 4.0], [4.0, 4.0]],
+        ...                      [[0.0, float("nan")], [1.0, 2.0]]])
+        >>> normalize_cams(cams)
+        tensor([[[0.0000, 0.5000],
+                 [0.2500, 1.0000]],
+        <BLANKLINE>
+                [[0.0000, 0.0000],
+                 [0.0000, 0.0000]],
+        <BLANKLINE>
+                [[0.0000, 0.0000],
+                 [0.0000, 0.0000]]])
+    """
+    if cams.ndim != 3:
+        raise ValueError(f"cams must be (B, H, W), got shape {tuple(cams.shape)}")
+    flat = cams.flatten(1)  # (B, HW)
+    has_nan = torch.isnan(flat).any(dim=1)  # (B,)
+    safe = torch.nan_to_num(flat, nan=0.0)
+    lo = safe.min(dim=1, keepdim=True).values  # (B, 1)
+    hi = safe.max(dim=1, keepdim=True).values
+    span = hi - lo
+    ok = (~has_nan) & (span.squeeze(1) > 0)  # (B,)
+    out = (safe - lo) / torch.where(span > 0, span, torch.ones_like(span))
+    out = torch.where(ok[:, None], out, torch.zeros_like(out))
+    return out.view_as(cams)
+
+
+def upsample_cams(cams: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize a batch of maps to ``size = (H, W)`` (``align_corners=False``).
+
+    Args:
+        cams: (B, h, w) float tensor.
+        size: target (H, W).
+        mode: any ``F.interpolate`` mode ("bilinear", "bicubic", "nearest", ...).
+
+    Returns:
+        (B, H, W) tensor.
+
+    Example:
+        >>> upsample_cams(torch.tensor([[[0.0, 1.0]]]), (1, 4))
+        tensor([[[0.0000, 0.2500, 0.7500, 1.0000]]])
+    """
+    if cams.ndim != 3:
+        raise ValueError(f"cams must be (B, h, w), got shape {tuple(cams.shape)}")
+    kwargs = {} if mode in ("nearest", "nearest-exact", "area") else {"align_corners": False}
+    return F.interpolate(cams[:, None], size=tuple(size), mode=mode, **kwargs)[:, 0]
+
+
+def threshold_grid(interval: float = 0.01) -> np.ndarray:
+    """CAM threshold grid ``np.arange(0, 1, interval)`` (wsoleval's; not exactly k * interval).
+
+    Example:
+        >>> g = threshold_grid(0.01)
+        >>> len(g), g[35] == 0.35, g[35] > 0.35
+        (100, np.False_, np.True_)
+    """
+    if not (0.0 < float(interval) < 1.0):
+        raise ValueError(f"interval must be in (0, 1), got {interval}")
+    return np.arange(0, 1, interval)
+
+
+def scoremap_to_uint8(scoremaps: np.ndarray) -> np.ndarray:
+    """``(map * 255).astype(uint8)`` in the map's dtype (truncation; float32 maps stay float32).
+
+    Args:
+        scoremaps: (..., H, W) float array in [0, 1].
+
+    Example:
+        >>> scoremap_to_uint8(np.array([[0.0, 0.5, 0.999, 1.0]], dtype=np.float32))
+        array([[  0, 127, 254, 255]], dtype=uint8)
+    """
+    return (scoremaps * 255).astype(np.uint8)
+
+
+def threshold_levels(thresholds: Sequence[float], u8_max: int) -> np.ndarray:
+    """Integer cut levels ``int(t * u8_max)`` per threshold; foreground is ``u8 > level``.
+
+    Example:
+        >>> threshold_levels([0.0, 0.5, 0.99], 200)
+        array([  0, 100, 198])
+    """
+    return np.array([int(float(t) * int(u8_max)) for t in thresholds], dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------------------------------
+# boxes at one threshold (cv2, the reference semantics) and IoU
+# ----------------------------------------------------------------------------------------------------
+def _contours(binary: np.ndarray, offset: tuple[int, int] = (0, 0)):
+    # findContours returns (image, contours, hierarchy) in OpenCV 3 and (contours, hierarchy) after.
+    return cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE, offset=offset)[-2]
+
+
+def _contour_box(contour: np.ndarray, width: int, height: int) -> list[int]:
+    x, y, w, h = cv2.boundingRect(contour)
+    return [x, y, min(x + w, width - 1), min(y + h, height - 1)]
+
+
+def boxes_at_threshold(scoremap_u8: np.ndarray, threshold: float, multi_contour: bool = True) -> np.ndarray:
+    """Boxes of a uint8 score map at one CAM threshold (wsoleval semantics, via OpenCV).
+
+    Args:
+        scoremap_u8: (H, W) uint8 map (see :func:`scoremap_to_uint8`).
+        threshold: CAM threshold in [0, 1); foreground is ``u8 > int(threshold * u8.max())``.
+        multi_contour: every tree-mode contour (holes included) if True, else only the contour with the
+            largest ``cv2.contourArea`` (first one on ties).
+
+    Returns:
+        (N, 4) int64 boxes ``x0, y0, x1, y1``; ``[[0, 0, 0, 0]]`` when there is no contour.
+
+    Example:
+        >>> m = np.zeros((6, 6), np.uint8); m[1:5, 1:5] = 200; m[2:4, 2:4] = 0
+        >>> boxes_at_threshold(m, 0.5)  # a ring: outer box; hole pixels 2..3 grown by 1, then +w
+        array([[1, 1, 5, 5],
+               [1, 1, 5, 5]])
+        >>> boxes_at_threshold(m, 0.5, multi_contour=False)
+        array([[1, 1, 5, 5]])
+    """
+    height, width = scoremap_u8.shape
+    level = int(float(threshold) * int(scoremap_u8.max()))
+    binary = (scoremap_u8 > level).astype(np.uint8)
+    contours = _contours(binary)
+    if len(contours) == 0:
+        return np.zeros((1, 4), dtype=np.int64)
+    if not multi_contour:
+        areas = [cv2.contourArea(c) for c in contours]
+        contours = [contours[int(np.argmax(areas))]]
+    return np.array([_contour_box(c, width, height) for c in contours], dtype=np.int64)
+
+
+def gt_boxes_to_int(boxes: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Continuous ``xyxy`` float boxes -> wsoleval's inclusive integer boxes by ``int()`` truncation.
+
+    Example:
+        >>> gt_boxes_to_int(torch.tensor([[1.9, 2.0, 10.5, 7.99]]))
+        array([[ 1,  2, 10,  7]])
+    """
+    if isinstance(boxes, torch.Tensor):
+        boxes = boxes.detach().cpu().numpy()
+    return np.trunc(np.asarray(boxes, dtype=np.float64)).astype(np.int64)
+
+
+def box_iou_inclusive(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of inclusive integer boxes (``+1`` on sides); a union <= 0 gives 0.
+
+    Args:
+        boxes_a: (A, 4) ints ``x0, y0, x1, y1``.
+        boxes_b: (B, 4) ints.
+
+    Returns:
+        (A, B) float64.
+
+    Example:
+        >>> box_iou_inclusive(np.array([[0, 0, 9, 9]]), np.array([[0, 0, 4, 9], [20, 20, 29, 29]]))
+        array([[0.5, 0. ]])
+    """
+    a = np.asarray(boxes_a, dtype=np.int64)[:, None, :]  # (A, 1, 4)
+    b = np.asarray(boxes_b, dtype=np.int64)[None, :, :]  # (1, B, 4)
+    iw = np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1)
+    ih = np.maximum(0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1)
+    inter = iw * ih
+    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+    union = area_a + area_b - inter
+    ok = union > 0
+    return np.where(ok, inter / np.where(ok, union, 1), 0.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# fast path: all thresholds at once (numba)
+# ----------------------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _find(parent, x):
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
+@njit(cache=True, inline="always")
+def _best_iou_box(x0, y0, x1, y1, gt, n_gt):
+    # Inclusive-box IoU of one box against the first n_gt GT boxes; best value.
+    best = 0.0
+    area = (x1 - x0 + 1) * (y1 - y0 + 1)
+    for g in range(n_gt):
+        gx0, gy0, gx1, gy1 = gt[g, 0], gt[g, 1], gt[g, 2], gt[g, 3]
+        iw = min(x1, gx1) - max(x0, gx0) + 1
+        ih = min(y1, gy1) - max(y0, gy0) + 1
+        if iw < 0:
+            iw = 0
+        if ih < 0:
+            ih = 0
+        inter = iw * ih
+        union = area + (gx1 - gx0 + 1) * (gy1 - gy0 + 1) - inter
+        if union > 0:
+            v = inter / union
+            if v > best:
+                best = v
+    return best
+
+
+@njit(cache=True)
+def _all_contours_one(u8, levels, gt, n_gt, out):
+    """Best IoU over all tree-mode contours at each level; u8 (H, W) uint8, levels (K,), out (K,)."""
+    H, W = u8.shape
+    K = levels.shape[0]
+    vmax = 0
+    for y in range(H):
+        for x in range(W):
+            if u8[y, x] > vmax:
+                vmax = u8[y, x]
+    if vmax == 0:  # no foreground at any level: wsoleval's (0, 0, 0, 0) box
+        v = _best_iou_box(0, 0, 0, 0, gt, n_gt)
+        for k in range(K):
+            out[k] = v
+        return
+    need = np.zeros(257, np.bool_)
+    lo = 256
+    hi = -1
+    for k in range(K):
+        L = levels[k]
+        need[L] = True
+        lo = min(lo, L)
+        hi = max(hi, L)
+    Wp = W + 2
+    Np = (H + 2) * Wp
+    # counting sort of interior pixels (padded indices) by value
+    count = np.zeros(257, np.int64)
+    for y in range(H):
+        for x in range(W):
+            count[u8[y, x] + 1] += 1
+    for v in range(256):
+        count[v + 1] += count[v]
+    start = count.copy()  # start[v] .. start[v+1]: pixels of value v
+    order = np.empty(H * W, np.int32)
+    fill = count[:256].copy()
+    for y in range(H):
+        for x in range(W):
+            v = u8[y, x]
+            order[fill[v]] = (y + 1) * Wp + (x + 1)
+            fill[v] += 1
+
+    parent = np.empty(Np, np.int32)
+    bx0 = np.empty(Np, np.int32)
+    by0 = np.empty(Np, np.int32)
+    bx1 = np.empty(Np, np.int32)
+    by1 = np.empty(Np, np.int32)
+    added = np.zeros(Np, np.bool_)
+    active = np.empty(H * W, np.int32)
+    best_fg = np.zeros(256, np.float64)
+    best_hole = np.zeros(256, np.float64)
+
+    # ---- foreground max-tree: add pixels by decreasing value, 8-connectivity ----
+    n_active = 0
+    for v in range(vmax, lo, -1):
+        for j in range(start[v], start[v + 1]):
+            p = order[j]
+            parent[p] = p
+            x = p % Wp - 1
+            y = p // Wp - 1
+            bx0[p] = x
+            bx1[p] = x
+            by0[p] = y
+            by1[p] = y
+            added[p] = True
+            active[n_active] = p
+            n_active += 1
+            for d in range(8):
+                if d == 0:
+                    q = p - Wp - 1
+                elif d == 1:
+                    q = p - Wp
+                elif d == 2:
+                    q = p - Wp + 1
+                elif d == 3:
+                    q = p - 1
+                elif d == 4:
+                    q = p + 1
+                elif d == 5:
+                    q = p + Wp - 1
+                elif d == 6:
+                    q = p + Wp
+                else:
+                    q = p + Wp + 1
+                if added[q]:
+                    rp = _find(parent, p)
+                    rq = _find(parent, q)
+                    if rp != rq:
+                        parent[rp] = rq
+                        bx0[rq] = min(bx0[rq], bx0[rp])
+                        by0[rq] = min(by0[rq], by0[rp])
+                        bx1[rq] = max(bx1[rq], bx1[rp])
+                        by1[rq] = max(by1[rq], by1[rp])
+        if need[v - 1]:  # foreground is now {u8 > v - 1}
+            best = 0.0
+            m = 0
+            for j in range(n_active):
+                r = active[j]
+                if parent[r] == r:
+                    active[m] = r
+                    m += 1
+                    b = _best_iou_box(bx0[r], by0[r], min(bx1[r] + 1, W - 1), min(by1[r] + 1, H - 1),
+                                      gt, n_gt)
+                    if b > best:
+                        best = b
+            n_active = m
+            best_fg[v - 1] = best
+
+    # ---- hole tree: add pixels by increasing value, 4-connectivity; border = one outside set ----
+    added[:] = False
+    outside = 0
+    parent[outside] = outside
+    for x in range(Wp):
+        added[x] = True
+        added[(H + 1) * Wp + x] = True
+        parent[x] = outside
+        parent[(H + 1) * Wp + x] = outside
+    for y in range(H + 2):
+        added[y * Wp] = True
+        added[y * Wp + W + 1] = True
+        parent[y * Wp] = outside
+        parent[y * Wp + W + 1] = outside
+    n_active = 0
+    for v in range(0, hi + 1):
+        for j in range(start[v], start[v + 1]):
+            p = order[j]
+            parent[p] = p
+            x = p % Wp - 1
+            y = p // Wp - 1
+            bx0[p] = x
+            bx1[p] = x
+            by0[p] = y
+            by1[p] = y
+            added[p] = True
+            active[n_active] = p
+            n_active += 1
+            for d in range(4):
+                if d == 0:
+                    q = p - Wp
+                elif d == 1:
+                    q = p - 1
+                elif d == 2:
+                    q = p + 1
+                else:
+                    q = p + Wp
+                if added[q]:
+                    rp = _find(parent, p)
+                    rq = _find(parent, q)
+                    if rp != rq:
+                        if rp == outside:  # the outside set stays its own root
+                            rp, rq = rq, rp
+                        parent[rp] = rq
+                        if rq != outside:
+                            bx0[rq] = min(bx0[rq], bx0[rp])
+                            by0[rq] = min(by0[rq], by0[rp])
+                            bx1[rq] = max(bx1[rq], bx1[rp])
+                            by1[rq] = max(by1[rq], by1[rp])
+        if need[v]:  # background is now {u8 <= v}
+            best = 0.0
+            m = 0
+            for j in range(n_active):
+                r = active[j]
+                if parent[r] == r:
+                    active[m] = r
+                    m += 1
+                    b = _best_iou_box(bx0[r] - 1, by0[r] - 1, min(bx1[r] + 2, W - 1),
+                                      min(by1[r] + 2, H - 1), gt, n_gt)
+                    if b > best:
+                        best = b
+            n_active = m
+            best_hole[v] = best
+
+    for k in range(K):
+        L = levels[k]
+        out[k] = max(best_fg[L], best_hole[L])
+
+
+@njit(cache=True)
+def _all_contours_batch(u8, levels, gt, n_gt, out):
+    for i in range(u8.shape[0]):
+        _all_contours_one(u8[i], levels[i], gt[i], n_gt[i], out[i])
+
+
+def _prepare(scoremaps, gt_boxes, num_boxes, thresholds):
+    if isinstance(scoremaps, torch.Tensor):
+        scoremaps = scoremaps.detach().cpu().numpy()
+    scoremaps = np.asarray(scoremaps)
+    if scoremaps.ndim == 2:
+        scoremaps = scoremaps[None]
+    if scoremaps.ndim != 3:
+        raise ValueError(f"scoremaps must be (B, H, W), got shape {scoremaps.shape}")
+    gt = gt_boxes_to_int(gt_boxes)
+    if gt.ndim == 2:
+        gt = gt[None]
+    B = scoremaps.shape[0]
+    if gt.shape[0] != B or gt.shape[-1] != 4:
+        raise ValueError(f"boxes must be (B, G, 4) with B={B}, got shape {gt.shape}")
+    if num_boxes is None:
+        n_gt = np.full(B, gt.shape[1], dtype=np.int64)
+    else:
+        n_gt = np.asarray(num_boxes.detach().cpu() if isinstance(num_boxes, torch.Tensor) else num_boxes,
+                          dtype=np.int64).reshape(B)
+    if (n_gt < 1).any() or (n_gt > gt.shape[1]).any():
+        raise ValueError("every image needs 1 <= num_boxes <= G ground-truth boxes")
+    u8 = scoremap_to_uint8(scoremaps)  # (B, H, W)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    vmax = u8.reshape(B, -1).max(axis=1)
+    levels = np.stack([threshold_levels(thresholds, m) for m in vmax])  # (B, K)
+    return u8, np.ascontiguousarray(gt), n_gt, levels
+
+
+def best_ious_all_contours(scoremaps, gt_boxes, num_boxes=None, thresholds=None) -> np.ndarray:
+    """Per image and threshold, the best IoU over all tree-mode contours x GT boxes (MaxBoxAccV2).
+
+    One union-find pass per image and tree (see module docstring); equals wsoleval's per-threshold
+    OpenCV procedure exactly.
+
+    Args:
+        scoremaps: (B, H, W) float maps in [0, 1] (numpy or torch).
+        gt_boxes: (B, G, 4) continuous ``xyxy`` boxes, truncated by :func:`gt_boxes_to_int`.
+        num_boxes: (B,) valid boxes per image (the rest is padding); all G if None.
+        thresholds: (K,) CAM thresholds; :func:`threshold_grid` () if None.
+
+    Returns:
+        (B, K) float64 best IoU.
+
+    Example:
+        >>> m = np.zeros((1, 8, 8), np.float32); m[0, 2:6, 2:6] = 1.0
+        >>> best_ious_all_contours(m, np.array([[[2.0, 2.0, 6.0, 6.0]]]), thresholds=[0.5])
+        array([[1.]])
+    """
+    thresholds = threshold_grid() if thresholds is None else thresholds
+    u8, gt, n_gt, levels = _prepare(scoremaps, gt_boxes, num_boxes, thresholds)
+    out = np.zeros(levels.shape, dtype=np.float64)
+    _all_contours_batch(u8, levels, gt, n_gt, out)
+    return out
+
+
+def best_ious_largest_contour(scoremaps, gt_boxes, num_boxes=None, thresholds=None) -> np.ndarray:
+    """Per image and threshold, the best IoU of the largest-``contourArea`` contour's box (MaxBoxAcc).
+
+    Uses ``cv2.findContours`` once per distinct level (not per threshold), on the crop around the
+    foreground, reusing the previous result when the mask did not change; no tree fast path because
+    the polygon area of a traced contour is not a component-tree quantity.
+
+    Args, Returns: as :func:`best_ious_all_contours`.
+
+    Example:
+        >>> m = np.zeros((1, 8, 8), np.float32); m[0, 1:3, 1:3] = 1.0; m[0, 4:8, 4:8] = 1.0
+        >>> best_ious_largest_contour(m, np.array([[[1.0, 1.0, 3.0, 3.0]]]), thresholds=[0.5])
+        array([[0.]])
+    """
+    thresholds = threshold_grid() if thresholds is None else thresholds
+    u8, gt, n_gt, levels = _prepare(scoremaps, gt_boxes, num_boxes, thresholds)
+    B, H, W = u8.shape
+    out = np.zeros(levels.shape, dtype=np.float64)
+    for i in range(B):
+        img = u8[i]
+        gti = gt[i, : n_gt[i]]
+        row_max = img.max(axis=1)
+        col_max = img.max(axis=0)
+        hist_ge = np.cumsum(np.bincount(img.ravel(), minlength=256)[::-1])[::-1]  # pixels >= v
+        cache: dict[int, float] = {}
+        prev_count, prev_val = -1, 0.0
+        for L in sorted(set(levels[i].tolist())):
+            n_fg = int(hist_ge[L + 1]) if L < 255 else 0
+            if n_fg == prev_count:  # nested masks of equal size are equal
+                cache[L] = prev_val
+                continue
+            if n_fg == 0:
+                box = np.zeros((1, 4), np.int64)
+            else:
+                ys = np.flatnonzero(row_max > L)
+                xs = np.flatnonzero(col_max > L)
+                y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
+                binary = (img[y0:y1, x0:x1] > L).astype(np.uint8)
+                contours = _contours(binary, offset=(int(x0), int(y0)))
+                areas = [cv2.contourArea(c) for c in contours]
+                box = np.array([_contour_box(contours[int(np.argmax(areas))], W, H)], np.int64)
+            val = float(box_iou_inclusive(box, gti).max())
+            cache[L] = val
+            prev_count, prev_val = n_fg, val
+        out[i] = [cache[L] for L in levels[i].tolist()]
+    return out
+
+
+def best_ious_per_threshold(scoremaps, gt_boxes, num_boxes=None, thresholds=None,
+                            multi_contour: bool = True) -> np.ndarray:
+    """Dispatch to :func:`best_ious_all_contours` or :func:`best_ious_largest_contour`.
+
+    Example:
+        >>> m = np.zeros((1, 8, 8), np.float32); m[0, 2:6, 2:6] = 1.0
+        >>> best_ious_per_threshold(m, np.array([[[2.0, 2.0, 6.0, 6.0]]]), thresholds=[0.5, 0.9],
+        ...                         multi_contour=False)
+        array([[1., 1.]])
+    """
+    fn = best_ious_all_contours if multi_contour else best_ious_largest_contour
+    return fn(scoremaps, gt_boxes, num_boxes, thresholds)
+
+
+# ----------------------------------------------------------------------------------------------------
+# PxAP
+# ----------------------------------------------------------------------------------------------------
+def pxap_bin_edges(thresholds=None) -> np.ndarray:
+    """wsoleval's float64 histogram edges: the thresholds, then 1, 2, 3 (bins ``[e_i, e_i+1)``).
+
+    Example:
+        >>> pxap_bin_edges([0.0, 0.5])
+        array([0. , 0.5, 1. , 2. , 3. ])
+    """
+    thresholds = threshold_grid() if thresholds is None else thresholds
+    return np.append(np.asarray(thresholds, dtype=np.float64), [1.0, 2.0, 3.0])
+
+
+@njit(cache=True)
+def _pxap_hist_batch(scores, masks, edges, lut, out):
+    # scores (B, N) float64, masks (B, N) uint8, edges (K + 3,) = thresholds then 1, 2, 3,
+    # lut (1025,) bin of u / 1024, out (B, 2, K + 2) int64. Bin b: edges[b] <= s < edges[b + 1],
+    # the last bin closed, values outside [edges[0], 3] dropped (as np.histogram does).
+    K = edges.shape[0] - 3
+    for i in range(scores.shape[0]):
+        for j in range(scores.shape[1]):
+            m = masks[i, j]
+            if m > 1:
+                continue
+            s = scores[i, j]
+            if s >= 1.0:
+                if s < 2.0:
+                    b = K
+                elif s <= 3.0:
+                    b = K + 1
+                else:
+                    continue
+            elif s >= 0.0:
+                b = lut[int(s * 1024.0)]  # s * 1024 is exact: its floor is the bucket
+                while b + 1 < K and edges[b + 1] <= s:
+                    b += 1
+                if b < 0:
+                    continue
+            else:
+                continue
+            out[i, 1 - m, b] += 1
+
+
+def pxap_histograms(scoremaps, masks, thresholds=None) -> np.ndarray:
+    """Per-image score histograms of foreground and background pixels (ignore pixels dropped).
+
+    Binning equals ``np.histogram(scores.astype(float64), bins=pxap_bin_edges(thresholds))``.
+
+    Args:
+        scoremaps: (B, H, W) float maps in [0, 1].
+        masks: (B, H, W) uint8: 1 foreground, 0 background, anything else (255) ignored.
+        thresholds: (K,) CAM thresholds; :func:`threshold_grid` () if None.
+
+    Returns:
+        (B, 2, K + 2) int64: ``[:, 0]`` foreground counts, ``[:, 1]`` background counts.
+
+    Example:
+        >>> s = np.array([[[0.0, 0.5], [1.0, 0.25]]]); m = np.array([[[1, 0], [1, 255]]], np.uint8)
+        >>> pxap_histograms(s, m, thresholds=[0.0, 0.5])
+        array([[[1, 0, 1, 0],
+                [0, 1, 0, 0]]])
+    """
+    if isinstance(scoremaps, torch.Tensor):
+        scoremaps = scoremaps.detach().cpu().numpy()
+    if isinstance(masks, torch.Tensor):
+        masks = masks.detach().cpu().numpy()
+    scoremaps = np.asarray(scoremaps)
+    masks = np.asarray(masks)
+    if scoremaps.ndim == 2:
+        scoremaps, masks = scoremaps[None], masks[None]
+    if scoremaps.shape != masks.shape:
+        raise ValueError(f"masks {masks.shape} must match scoremaps {scoremaps.shape}")
+    B = scoremaps.shape[0]
+    edges = pxap_bin_edges(thresholds)
+    scores = np.ascontiguousarray(scoremaps.reshape(B, -1), dtype=np.float64)
+    m = np.ascontiguousarray(masks.reshape(B, -1)).astype(np.uint8, copy=False)
+    K = edges.shape[0] - 3
+    if K < 1 or np.any(np.diff(edges) <= 0) or edges[0] < 0 or edges[K - 1] >= 1:
+        raise ValueError("thresholds must be strictly increasing values in [0, 1)")
+    lut = (np.searchsorted(edges[:K], np.arange(1025) / 1024.0, side="right") - 1).astype(np.int64)
+    out = np.zeros((B, 2, K + 2), dtype=np.int64)
+    _pxap_hist_batch(scores, m, edges, lut, out)
+    return out
+
+
+def pxap_from_histograms(fg_hist: np.ndarray, bg_hist: np.ndarray) -> dict[str, np.ndarray | float]:
+    """PxAP (percent), precision/recall/pixel-IoU curves from dataset-level histograms.
+
+    ``tp`` and ``fp`` at each edge are reversed cumulative sums (pixels with score >= edge);
+    precision = tp / (tp + fp), recall = tp / positives, PxAP = 100 * sum of
+    precision_i * (recall_i - recall_{i-1}) over points with tp + fp > 0 (wsoleval, no interpolation).
+    The pixel IoU at a threshold is tp / (tp + fp + fn) of the binary mask ``score >= t``; ``PIoU`` is its
+    maximum over the thresholds, in percent.
+
+    Args:
+        fg_hist, bg_hist: (K + 2,) counts over :func:`pxap_bin_edges` bins.
+
+    Returns:
+        dict: ``pxap`` (float), ``piou`` (float), ``best_piou_index`` (int); ``precision``, ``recall``,
+        ``piou_curve`` (K,) arrays in ascending threshold order (precision 0 where nothing is predicted).
+
+    Example:
+        >>> r = pxap_from_histograms(np.array([0, 2, 0, 0]), np.array([1, 0, 0, 0]))
+        >>> float(r["pxap"]), float(r["piou"]), r["recall"].tolist()
+        (100.0, 100.0, [1.0, 1.0])
+    """
+    fg = np.asarray(fg_hist, dtype=np.float64)
+    bg = np.asarray(bg_hist, dtype=np.float64)
+    n_pos = fg.sum()
+    tp = fg[::-1].cumsum()  # scores >= edge, from the top edge down
+    fp = bg[::-1].cumsum()
+    if n_pos <= 0:
+        raise RuntimeError("PxAP: no positive ground-truth pixel in the evaluated set")
+    if ((tp + fp) <= 0).all():
+        raise RuntimeError("PxAP: no positive prediction in the evaluated set")
+    predicted = tp + fp
+    nonzero = predicted != 0
+    precision = tp / np.where(nonzero, predicted, 1.0)
+    recall = tp / n_pos
+    pxap = (precision[1:] * np.diff(recall))[nonzero[1:]].sum()
+    pxap *= 100
+    # curves at the K thresholds, ascending: reversed index K + 1 - k <-> threshold k
+    K = fg.shape[0] - 2
+    idx = np.arange(K + 1, 1, -1)
+    fn = n_pos - tp
+    piou = tp / (tp + fp + fn)
+    piou_k = piou[idx]
+    best = int(np.argmax(piou_k))
+    return {
+        "pxap": float(pxap),
+        "piou": float(piou_k[best] * 100),
+        "best_piou_index": best,
+        "precision": precision[idx],
+        "recall": recall[idx],
+        "piou_curve": piou_k,
+    }
