@@ -1,0 +1,6 @@
+"""Datasets, the batch contract (``collate_wsol``) and the LightningDataModule."""
+from camlab.data.collate import collate_wsol
+from camlab.data.datamodule import WSOLDataModule
+from camlab.data.synthetic import CLASSES, SyntheticShapes, hflip_boxes, tight_box
+
+__all__ = ["CLASSES", "SyntheticShapes", "WSOLDataModule", "collate_wsol", "hflip_boxes", "tight_box"]

@@ -1,0 +1,198 @@
+"""WSOLDataModule: a generic LightningDataModule over any datasets that honour the sample contract.
+
+Datasets are passed either built or as zero-argument factories (``functools.partial``, or a Hydra node
+with ``_partial_: true``); factories are built in ``setup()`` for the stage that needs them, so
+instantiating a config costs nothing and ``trainer.test`` never renders the train split.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence, Union
+
+import lightning.pytorch as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from camlab.data.collate import collate_wsol
+
+DatasetLike = Union[Dataset, Callable[[], Dataset], None]
+_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+
+class WSOLDataModule(L.LightningDataModule):
+    """Train/val/test loaders that yield the camlab batch contract (see :mod:`camlab.data.collate`).
+
+    Args:
+        train_dataset, val_dataset, test_dataset: datasets or zero-argument factories (None: no split).
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size; default ``batch_size``.
+        num_workers: DataLoader workers (0: load in the main process).
+        pin_memory: pin batches (useful with a GPU).
+        persistent_workers: keep workers between epochs; only applies when ``num_workers > 0``.
+        drop_last: drop the last incomplete training batch (never for val/test).
+        num_classes, image_size: declared metadata; if given they must match the datasets' attributes
+            (when those exist), and they are available before any dataset is built.
+        class_names: optional names; default the train (or first available) dataset's ``class_names``.
+        num_train, num_val, num_test: use only the first N samples of a split (ValueError if it has
+            fewer); None uses the whole split.
+        seed: seed of the training shuffle order; None uses torch's global RNG (``L.seed_everything``).
+
+    ``mean``/``std`` come from the datasets (which normalize), so visualization can un-normalize.
+    """
+
+    def __init__(
+        self,
+        train_dataset: DatasetLike = None,
+        val_dataset: DatasetLike = None,
+        test_dataset: DatasetLike = None,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+        drop_last: bool = False,
+        num_classes: int | None = None,
+        image_size: int | Sequence[int] | None = None,
+        class_names: Sequence[str] | None = None,
+        num_train: int | None = None,
+        num_val: int | None = None,
+        num_test: int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if eval_batch_size is not None and (not isinstance(eval_batch_size, int) or eval_batch_size < 1):
+            raise ValueError(f"eval_batch_size must be None or an int >= 1, got {eval_batch_size!r}")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
+            raise ValueError(f"num_classes must be None or an int >= 2, got {num_classes!r}")
+        for name, n in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
+            if n is not None and (not isinstance(n, int) or n < 1):
+                raise ValueError(f"{name} must be None or an int >= 1, got {n!r}")
+        if all(d is None for d in (train_dataset, val_dataset, test_dataset)):
+            raise ValueError("WSOLDataModule needs at least one of train_dataset, val_dataset, test_dataset")
+        self._sources = {"train": train_dataset, "val": val_dataset, "test": test_dataset}
+        self._limits = {"train": num_train, "val": num_val, "test": num_test}
+        self._built: dict[str, Dataset] = {}
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.drop_last = drop_last
+        self._num_classes = num_classes
+        self._image_size = image_size
+        self._class_names = list(class_names) if class_names is not None else None
+        self.seed = seed
+
+    # ---------------------------------------------------------------------------------------- datasets
+    def dataset(self, split: str) -> Dataset:
+        """The dataset of ``split`` ('train', 'val' or 'test'), built (once) if it was a factory."""
+        if split not in self._sources:
+            raise ValueError(f"split must be one of {sorted(self._sources)}, got {split!r}")
+        if split not in self._built:
+            source = self._sources[split]
+            if source is None:
+                raise RuntimeError(f"WSOLDataModule has no {split}_dataset")
+            ds = source if isinstance(source, Dataset) or not callable(source) else source()
+            self._check_metadata(split, ds)
+            limit = self._limits[split]
+            if limit is not None:
+                if limit > len(ds):
+                    raise ValueError(f"num_{split}={limit} exceeds the {split} split's {len(ds)} samples")
+                if limit < len(ds):
+                    ds = _Limited(ds, limit)
+            self._built[split] = ds
+        return self._built[split]
+
+    def _check_metadata(self, split: str, ds: Any) -> None:
+        for name, declared in (("num_classes", self._num_classes), ("image_size", self._image_size)):
+            actual = getattr(ds, name, None)
+            if declared is not None and actual is not None and _norm(declared) != _norm(actual):
+                raise ValueError(f"{name}={declared!r} but the {split} dataset has {name}={actual!r}")
+
+    def _first_dataset(self) -> Any:
+        for split in ("train", "val", "test"):
+            if self._sources[split] is not None:
+                return self.dataset(split)
+        raise AssertionError("unreachable: __init__ requires a dataset")
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = _STAGE_SPLITS.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test")
+        for split in splits:
+            if self._sources[split] is not None:
+                self.dataset(split)
+
+    # ---------------------------------------------------------------------------------------- metadata
+    @property
+    def num_classes(self) -> int:
+        if self._num_classes is None:
+            self._num_classes = int(self._first_dataset().num_classes)
+        return self._num_classes
+
+    @property
+    def image_size(self) -> int | tuple[int, int]:
+        if self._image_size is None:
+            self._image_size = getattr(self._first_dataset(), "image_size")
+        return self._image_size
+
+    @property
+    def class_names(self) -> list[str]:
+        if self._class_names is None:
+            names = getattr(self._first_dataset(), "class_names", None)
+            self._class_names = list(names) if names is not None else [str(i) for i in range(self.num_classes)]
+        return self._class_names
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(getattr(self._first_dataset(), "mean", (0.0, 0.0, 0.0)))
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(getattr(self._first_dataset(), "std", (1.0, 1.0, 1.0)))
+
+    # ----------------------------------------------------------------------------------------- loaders
+    def _loader(self, split: str, shuffle: bool, batch_size: int, drop_last: bool) -> DataLoader:
+        generator = None
+        if shuffle and self.seed is not None:
+            generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self.dataset(split),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=collate_wsol,
+            generator=generator,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.batch_size, self.drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False, self.eval_batch_size, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.eval_batch_size, False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.eval_batch_size, False)
+
+
+class _Limited(Subset):
+    """The first ``n`` samples of a dataset; keeps the wrapped dataset's metadata attributes visible."""
+
+    def __init__(self, dataset: Dataset, n: int) -> None:
+        super().__init__(dataset, range(n))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("dataset", "indices"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def _norm(v: Any) -> Any:
+    return tuple(v) if isinstance(v, (list, tuple)) else v
