@@ -50,7 +50,8 @@ class SyntheticShapes(Dataset):
         length: number of samples (>= 1).
         num_classes: 2..10 classes, the first ``num_classes`` of :data:`CLASSES`.
         image_size: square side in pixels (>= 32).
-        max_objects: 1..8; each sample has 1..max_objects non-overlapping objects of its class.
+        max_objects: 1..8; each sample has n in 1..max_objects non-overlapping objects of its class
+            (uniform; radii scale by 1/sqrt(n) so they fit; a crowded draw may place fewer).
         radius_range: object radius range in pixels; default ``(10, 24) * image_size / 64``.
         seed: the dataset seed.
         hflip: random horizontal flip (image, boxes and mask together); default True for ``train``.
@@ -132,7 +133,7 @@ class SyntheticShapes(Dataset):
             boxes[i, : len(bxs)] = bxs
             num_boxes[i] = len(bxs)
         self.images = torch.from_numpy(images)  # N×3×S×S uint8
-        self.masks = torch.from_numpy(masks)  # N×S×S uint8
+        self.instances = torch.from_numpy(masks)  # N×S×S uint8: 0 background, g + 1 for object g
         self.boxes = torch.from_numpy(boxes)  # N×max_objects×4 float32, zero-padded
         self.num_boxes = torch.from_numpy(num_boxes)  # N
         self.labels = torch.from_numpy(labels)  # N
@@ -144,7 +145,7 @@ class SyntheticShapes(Dataset):
         if not -self.length <= index < self.length:
             raise IndexError(f"index {index} out of range for length {self.length}")
         index = index % self.length
-        img, mask = self.images[index], self.masks[index]  # 3×S×S, S×S uint8
+        img, mask = self.images[index], (self.instances[index] > 0).to(torch.uint8)  # 3×S×S, S×S
         boxes = self.boxes[index, : self.num_boxes[index]].clone()  # G×4
         if self.hflip and torch.rand(()) < 0.5:  # torch RNG: seeded by seed_everything / per worker
             img, mask = img.flip(-1), mask.flip(-1)
@@ -154,7 +155,7 @@ class SyntheticShapes(Dataset):
             "image": image,
             "label": self.labels[index],
             "boxes": boxes,
-            "mask": mask.clone(),
+            "mask": mask,
             "index": torch.tensor(index, dtype=torch.long),
         }
 
@@ -319,17 +320,20 @@ def render_sample(
     radius_range: tuple[float, float],
     max_objects: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Render one sample: (image 3×S×S uint8, mask S×S uint8, boxes G×4 float32 xyxy)."""
+    """Render one sample: image 3×S×S uint8, instance mask S×S uint8 (g + 1 on object g), boxes G×4 xyxy."""
     S = grid.size
     shape, texture = CLASSES[label]
     img = _background(rng, S)
     mask = np.zeros((S, S), np.uint8)
     n_obj = int(rng.integers(1, max_objects + 1))
+    # n objects share the image: radii shrink by 1/sqrt(n) (not below 4 px) so that they fit.
+    shrink = 1 / math.sqrt(n_obj)
+    r_lo, r_hi = max(4.0, radius_range[0] * shrink), max(4.0, radius_range[1] * shrink)
     placed: list[tuple[float, float, float]] = []
     boxes = []
     for k in range(n_obj):
-        for _ in range(50):  # rejection sampling of non-overlapping discs of radius EXTENT * r
-            r = rng.uniform(*radius_range)
+        for _ in range(100):  # rejection sampling of non-overlapping discs of radius EXTENT * r
+            r = rng.uniform(r_lo, r_hi)
             m = _EXTENT * r + 1
             cx, cy = rng.uniform(m, S - m, 2)
             if all(math.hypot(cx - x, cy - y) > _EXTENT * (r + q) + 1 for x, y, q in placed):
@@ -345,7 +349,7 @@ def render_sample(
         pattern = _texture(texture, xx, yy, cx, cy, S / 64, rng)
         fg, bg = _two_tones(rng)
         img[y0:y1, x0:x1][obj] = np.where(pattern[obj][:, None], fg, bg)
-        mask[y0:y1, x0:x1][obj] = 1
+        mask[y0:y1, x0:x1][obj] = k + 1
         bx0, by0, bx1, by1 = tight_box(obj)
         boxes.append((bx0 + x0, by0 + y0, bx1 + x0, by1 + y0))
     img = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8).transpose(2, 0, 1)
