@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from numba import njit
+from numba import njit, prange
 
 __all__ = [
     "normalize_cams",
@@ -276,18 +276,32 @@ def _best_iou_box(x0, y0, x1, y1, gt, n_gt):
 
 @njit(cache=True)
 def _all_contours_one(u8, levels, gt, n_gt, out):
-    """Best IoU over all tree-mode contours at each level; u8 (H, W) uint8, levels (K,), out (K,)."""
+    """Best IoU over all tree-mode contours at each level.
+
+    u8 (H, W) uint8; levels (K,) cut levels (foreground is ``u8 > level``); gt (G, 4) inclusive ints,
+    the first n_gt valid; out (K,) float64, written.
+    """
     H, W = u8.shape
     K = levels.shape[0]
-    vmax = 0
+    Wp = W + 2
+    Np = (H + 2) * Wp
+    count = np.zeros(257, np.int64)
+    # padded copy; the border (-1) is never foreground and always background ("outside")
+    img = np.full(Np, -1, np.int16)
     for y in range(H):
+        row = (y + 1) * Wp + 1
         for x in range(W):
-            if u8[y, x] > vmax:
-                vmax = u8[y, x]
+            v = u8[y, x]
+            img[row + x] = v
+            count[v + 1] += 1
+    vmax = 0
+    for v in range(256):
+        if count[v + 1] > 0:
+            vmax = v
     if vmax == 0:  # no foreground at any level: wsoleval's (0, 0, 0, 0) box
-        v = _best_iou_box(0, 0, 0, 0, gt, n_gt)
+        val = _best_iou_box(0, 0, 0, 0, gt, n_gt)
         for k in range(K):
-            out[k] = v
+            out[k] = val
         return
     need = np.zeros(257, np.bool_)
     lo = 256
@@ -297,39 +311,37 @@ def _all_contours_one(u8, levels, gt, n_gt, out):
         need[L] = True
         lo = min(lo, L)
         hi = max(hi, L)
-    Wp = W + 2
-    Np = (H + 2) * Wp
-    # counting sort of interior pixels (padded indices) by value
-    count = np.zeros(257, np.int64)
-    for y in range(H):
-        for x in range(W):
-            count[u8[y, x] + 1] += 1
+    # stable counting sort of the pixels by value: start[v] .. start[v + 1] hold value v, raster order
     for v in range(256):
         count[v + 1] += count[v]
-    start = count.copy()  # start[v] .. start[v+1]: pixels of value v
-    order = np.empty(H * W, np.int32)
+    start = count
     fill = count[:256].copy()
+    order = np.empty(H * W, np.int32)
     for y in range(H):
+        row = (y + 1) * Wp + 1
         for x in range(W):
             v = u8[y, x]
-            order[fill[v]] = (y + 1) * Wp + (x + 1)
-            fill[v] += 1
-
+            j = fill[v]
+            order[j] = row + x
+            fill[v] = j + 1
     parent = np.empty(Np, np.int32)
     bx0 = np.empty(Np, np.int32)
     by0 = np.empty(Np, np.int32)
     bx1 = np.empty(Np, np.int32)
     by1 = np.empty(Np, np.int32)
-    added = np.zeros(Np, np.bool_)
     active = np.empty(H * W, np.int32)
     best_fg = np.zeros(256, np.float64)
     best_hole = np.zeros(256, np.float64)
+    nb8 = np.array([-Wp - 1, -Wp, -Wp + 1, -1, 1, Wp - 1, Wp, Wp + 1], np.int64)
+    nb4 = np.array([-Wp, -1, 1, Wp], np.int64)
 
-    # ---- foreground max-tree: add pixels by decreasing value, 8-connectivity ----
+    # ---- foreground max-tree: pixels by decreasing value, 8-connectivity. A neighbour q is already
+    # in iff img[q] > v, or img[q] == v and q comes first in raster order (the sort is stable).
     n_active = 0
     for v in range(vmax, lo, -1):
         for j in range(start[v], start[v + 1]):
             p = order[j]
+            r = p  # root of p's set, kept current while merging
             parent[p] = p
             x = p % Wp - 1
             y = p // Wp - 1
@@ -337,35 +349,20 @@ def _all_contours_one(u8, levels, gt, n_gt, out):
             bx1[p] = x
             by0[p] = y
             by1[p] = y
-            added[p] = True
             active[n_active] = p
             n_active += 1
             for d in range(8):
-                if d == 0:
-                    q = p - Wp - 1
-                elif d == 1:
-                    q = p - Wp
-                elif d == 2:
-                    q = p - Wp + 1
-                elif d == 3:
-                    q = p - 1
-                elif d == 4:
-                    q = p + 1
-                elif d == 5:
-                    q = p + Wp - 1
-                elif d == 6:
-                    q = p + Wp
-                else:
-                    q = p + Wp + 1
-                if added[q]:
-                    rp = _find(parent, p)
+                q = p + nb8[d]
+                iq = img[q]
+                if iq > v or (iq == v and q < p):
                     rq = _find(parent, q)
-                    if rp != rq:
-                        parent[rp] = rq
-                        bx0[rq] = min(bx0[rq], bx0[rp])
-                        by0[rq] = min(by0[rq], by0[rp])
-                        bx1[rq] = max(bx1[rq], bx1[rp])
-                        by1[rq] = max(by1[rq], by1[rp])
+                    if rq != r:
+                        parent[r] = rq
+                        bx0[rq] = min(bx0[rq], bx0[r])
+                        by0[rq] = min(by0[rq], by0[r])
+                        bx1[rq] = max(bx1[rq], bx1[r])
+                        by1[rq] = max(by1[rq], by1[r])
+                        r = rq
         if need[v - 1]:  # foreground is now {u8 > v - 1}
             best = 0.0
             m = 0
@@ -381,24 +378,20 @@ def _all_contours_one(u8, levels, gt, n_gt, out):
             n_active = m
             best_fg[v - 1] = best
 
-    # ---- hole tree: add pixels by increasing value, 4-connectivity; border = one outside set ----
-    added[:] = False
+    # ---- hole tree: pixels by increasing value, 4-connectivity; the padding is one "outside" set
+    # (root 0) that stays its own root, so a root other than 0 is a hole (background off the border).
     outside = 0
-    parent[outside] = outside
     for x in range(Wp):
-        added[x] = True
-        added[(H + 1) * Wp + x] = True
         parent[x] = outside
         parent[(H + 1) * Wp + x] = outside
     for y in range(H + 2):
-        added[y * Wp] = True
-        added[y * Wp + W + 1] = True
         parent[y * Wp] = outside
         parent[y * Wp + W + 1] = outside
     n_active = 0
     for v in range(0, hi + 1):
         for j in range(start[v], start[v + 1]):
             p = order[j]
+            r = p
             parent[p] = p
             x = p % Wp - 1
             y = p // Wp - 1
@@ -406,30 +399,24 @@ def _all_contours_one(u8, levels, gt, n_gt, out):
             bx1[p] = x
             by0[p] = y
             by1[p] = y
-            added[p] = True
             active[n_active] = p
             n_active += 1
             for d in range(4):
-                if d == 0:
-                    q = p - Wp
-                elif d == 1:
-                    q = p - 1
-                elif d == 2:
-                    q = p + 1
-                else:
-                    q = p + Wp
-                if added[q]:
-                    rp = _find(parent, p)
+                q = p + nb4[d]
+                iq = img[q]
+                if iq < v or (iq == v and q < p):
                     rq = _find(parent, q)
-                    if rp != rq:
-                        if rp == outside:  # the outside set stays its own root
-                            rp, rq = rq, rp
-                        parent[rp] = rq
-                        if rq != outside:
-                            bx0[rq] = min(bx0[rq], bx0[rp])
-                            by0[rq] = min(by0[rq], by0[rp])
-                            bx1[rq] = max(bx1[rq], bx1[rp])
-                            by1[rq] = max(by1[rq], by1[rp])
+                    if rq != r:
+                        if r == outside:
+                            parent[rq] = outside
+                        else:
+                            parent[r] = rq
+                            if rq != outside:
+                                bx0[rq] = min(bx0[rq], bx0[r])
+                                by0[rq] = min(by0[rq], by0[r])
+                                bx1[rq] = max(bx1[rq], bx1[r])
+                                by1[rq] = max(by1[rq], by1[r])
+                            r = rq
         if need[v]:  # background is now {u8 <= v}
             best = 0.0
             m = 0
@@ -451,9 +438,19 @@ def _all_contours_one(u8, levels, gt, n_gt, out):
 
 
 @njit(cache=True)
-def _all_contours_batch(u8, levels, gt, n_gt, out):
+def _all_contours_serial(u8, levels, gt, n_gt, out):
     for i in range(u8.shape[0]):
         _all_contours_one(u8[i], levels[i], gt[i], n_gt[i], out[i])
+
+
+@njit(cache=True, parallel=True)
+def _all_contours_parallel(u8, levels, gt, n_gt, out):
+    for i in prange(u8.shape[0]):
+        _all_contours_one(u8[i], levels[i], gt[i], n_gt[i], out[i])
+
+
+def _all_contours_batch(u8, levels, gt, n_gt, out, parallel=False):
+    (_all_contours_parallel if parallel else _all_contours_serial)(u8, levels, gt, n_gt, out)
 
 
 def _prepare(scoremaps, gt_boxes, num_boxes, thresholds):
