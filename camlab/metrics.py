@@ -343,7 +343,10 @@ class WSOLMetrics(torch.nn.Module):
     def _all(self) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         for m in self._metrics():
-            out.update(m.compute())
+            # a metric never updated (its inputs absent) is skipped; inputs are present or absent
+            # dataset-wide, so every rank skips the same ones and the collective syncs stay matched
+            if m.update_called:
+                out.update(m.compute())
         for key in list(out):
             if key.startswith("MaxBoxAccV2/best_threshold/"):
                 out[key.removeprefix("MaxBoxAccV2/")] = out[key]

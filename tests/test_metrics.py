@@ -1,0 +1,184 @@
+"""camlab.metrics: the Metric classes against the plain reference, de-duplication, validation."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _wsol_reference import ref_best_ious, ref_max_box_acc, ref_pxap
+from camlab.localization import normalize_cams, threshold_grid
+from camlab.metrics import BoxAccuracy, PxAP, TopKLocalization, WSOLMetrics
+
+GRID = threshold_grid()
+
+
+def make_dataset(n=13, H=28, W=36, G=3, C=6, seed=0):
+    """Smooth CAM-like maps with boxes (padded), masks with ignore pixels, logits and labels."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 1, 5, 6, generator=g)
+    cams = normalize_cams(F.interpolate(low, (H, W), mode="bilinear", align_corners=False)[:, 0])
+    num = torch.randint(1, G + 1, (n,), generator=g)
+    xy0 = torch.rand(n, G, 2, generator=g) * torch.tensor([W * 0.6, H * 0.6])
+    wh = 2 + torch.rand(n, G, 2, generator=g) * torch.tensor([W * 0.5, H * 0.5])
+    boxes = torch.cat([xy0, (xy0 + wh).minimum(torch.tensor([W, H]))], dim=2)
+    boxes[torch.arange(G)[None, :] >= num[:, None]] = 0  # padding
+    masks = (torch.rand(n, H, W, generator=g) < cams).to(torch.uint8)
+    masks[torch.rand(n, H, W, generator=g) < 0.05] = 255
+    logits = torch.randn(n, C, generator=g)
+    labels = torch.randint(0, C, (n,), generator=g)
+    return dict(cams=cams, boxes=boxes, num_boxes=num, masks=masks, logits=logits, labels=labels,
+                index=torch.arange(n))
+
+
+def batches(data, size):
+    n = data["cams"].shape[0]
+    for s in range(0, n, size):
+        yield {k: v[s : s + size] for k, v in data.items()}
+
+
+def gts(data, i):
+    return data["boxes"][i, : data["num_boxes"][i]].numpy()
+
+
+@pytest.mark.parametrize("multi_contour", [True, False])
+def test_box_accuracy_matches_reference(multi_contour):
+    data = make_dataset()
+    ious = (30, 50, 70) if multi_contour else (50,)
+    metric = BoxAccuracy(iou_thresholds=ious, multi_contour=multi_contour)
+    for b in batches(data, 5):
+        metric.update(b["cams"], b["boxes"], b["num_boxes"], b["index"])
+    out = metric.compute()
+    maps = data["cams"].numpy()
+    best, curves = ref_max_box_acc(maps, [gts(data, i) for i in range(len(maps))], GRID, ious, multi_contour)
+    name = "MaxBoxAccV2" if multi_contour else "MaxBoxAcc"
+    for k in ious:
+        assert out[f"{name}/IoU{k}"].item() == best[k]
+        np.testing.assert_array_equal(out[f"{name}/curve/IoU{k}"].numpy(), curves[k])
+        assert out[f"{name}/best_threshold/IoU{k}"].item() == GRID[int(np.argmax(curves[k]))]
+    assert out[name].item() == pytest.approx(np.mean([best[k] for k in ious]), abs=1e-12)
+    assert out[f"{name}/num_samples"].item() == len(maps)
+
+
+def test_box_accuracy_deduplicates_by_index_and_ignores_order():
+    data = make_dataset(n=9)
+    a = BoxAccuracy()
+    a.update(data["cams"], data["boxes"], data["num_boxes"], data["index"])
+    b = BoxAccuracy()
+    perm = torch.tensor([8, 3, 1, 0, 2, 7, 6, 5, 4, 3, 8])  # two repeats, shuffled
+    b.update(data["cams"][perm], data["boxes"][perm], data["num_boxes"][perm], perm)
+    ra, rb = a.compute(), b.compute()
+    assert ra.keys() == rb.keys()
+    for key in ra:
+        assert torch.equal(ra[key], rb[key]), key
+
+
+def test_pxap_metric_matches_reference():
+    data = make_dataset(n=11, seed=1)
+    metric = PxAP()
+    for b in batches(data, 4):
+        metric.update(b["cams"], b["masks"], b["index"])
+    out = metric.compute()
+    auc, piou, fg, bg = ref_pxap(data["cams"].numpy(), data["masks"].numpy(), GRID)
+    assert out["PxAP"].item() == auc
+    assert out["PIoU"].item() == pytest.approx(piou, abs=1e-9)
+    tp = np.array([fg[k:].sum() for k in range(len(GRID))])
+    fp = np.array([bg[k:].sum() for k in range(len(GRID))])
+    np.testing.assert_allclose(out["PxAP/recall"].numpy(), tp / fg.sum(), rtol=0, atol=1e-12)
+    prec = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
+    np.testing.assert_allclose(out["PxAP/precision"].numpy(), prec, rtol=0, atol=1e-12)
+
+
+def test_topk_localization_matches_plain_reference():
+    data = make_dataset(n=17, seed=2)
+    metric = TopKLocalization(cam_threshold=0.2, iou_threshold=0.5, topk=(1, 5))
+    for b in batches(data, 6):
+        metric.update(b["cams"], b["boxes"], b["num_boxes"], b["logits"], b["labels"], b["index"])
+    out = metric.compute()
+    n = len(data["labels"])
+    loc = cls1 = cls5 = loc1 = loc5 = 0
+    for i in range(n):
+        hit = ref_best_ious(data["cams"][i].numpy(), gts(data, i), [0.2], multi_contour=False)[0] >= 0.5
+        order = sorted(range(data["logits"].shape[1]), key=lambda c: -data["logits"][i, c].item())
+        in1 = data["labels"][i].item() in order[:1]
+        in5 = data["labels"][i].item() in order[:5]
+        loc += hit
+        cls1 += in1
+        cls5 += in5
+        loc1 += in1 and hit
+        loc5 += in5 and hit
+    assert out["gt_known_loc"].item() == pytest.approx(loc * 100 / n, abs=1e-9)
+    assert out["top1_loc"].item() == pytest.approx(loc1 * 100 / n, abs=1e-9)
+    assert out["top5_loc"].item() == pytest.approx(loc5 * 100 / n, abs=1e-9)
+    assert out["top1_cls"].item() == pytest.approx(cls1 * 100 / n, abs=1e-9)
+    assert out["top5_cls"].item() == pytest.approx(cls5 * 100 / n, abs=1e-9)
+
+
+def test_iou_exactly_half_counts_as_correct():
+    cams = torch.zeros(1, 12, 12)
+    cams[0, 0:10, 0:9] = 1.0  # box (0, 0, 9, 10) -> 10 x 11 inclusive
+    boxes = torch.tensor([[[0.0, 0.0, 4.0, 10.0]]])  # inclusive 5 x 11: IoU 55 / 110 = 0.5
+    m = BoxAccuracy(cam_thresholds=[0.5], iou_thresholds=(50, 51))
+    m.update(cams, boxes, torch.tensor([1]), torch.tensor([0]))
+    out = m.compute()
+    assert out["MaxBoxAccV2/IoU50"].item() == 100.0 and out["MaxBoxAccV2/IoU51"].item() == 0.0
+
+
+def test_wsol_metrics_keys_curves_and_missing_inputs():
+    data = make_dataset(n=6, seed=3)
+    wm = WSOLMetrics(cam_thresholds=0.05, masks=True)
+    wm.update(**data)
+    out = wm.compute()
+    for key in ["MaxBoxAccV2", "MaxBoxAccV2/IoU30", "MaxBoxAccV2/IoU50", "MaxBoxAccV2/IoU70",
+                "best_threshold/IoU50", "MaxBoxAcc", "MaxBoxAcc/IoU50", "PxAP", "PIoU", "gt_known_loc",
+                "top1_loc", "top5_loc", "top1_cls", "top5_cls"]:
+        assert key in out and out[key].ndim == 0, key
+    assert out["MaxBoxAcc"] == out["MaxBoxAcc/IoU50"]
+    table = wm.curves()
+    assert len(table["threshold"]) == 20
+    assert all(len(v) == 20 for v in table.values())
+    assert {"MaxBoxAccV2/IoU50", "MaxBoxAcc/IoU50", "PxAP/precision", "PxAP/recall", "PIoU"} <= table.keys()
+
+    masks_only = WSOLMetrics(cam_thresholds=0.05, masks=True)
+    masks_only.update(data["cams"], masks=data["masks"], index=data["index"])
+    assert set(masks_only.compute()) == {"PxAP", "PIoU", "PIoU/best_threshold"}
+    boxes_only = WSOLMetrics(cam_thresholds=0.05, masks=True, topk=())
+    boxes_only.update(data["cams"], boxes=data["boxes"], num_boxes=data["num_boxes"], index=data["index"])
+    r = boxes_only.compute()
+    assert "PxAP" not in r and "MaxBoxAccV2" in r and "top1_loc" not in r
+    boxes_only.reset()
+    assert boxes_only.compute() == {}
+
+
+def test_state_is_per_sample_rows():
+    data = make_dataset(n=5)
+    m = BoxAccuracy()
+    m.update(data["cams"], data["boxes"], data["num_boxes"], data["index"])
+    assert torch.cat(m.ious).shape == (5, 100) and torch.cat(m.ious).dtype == torch.float64
+
+
+@pytest.mark.parametrize("kwargs", [dict(cam_thresholds=1.5), dict(cam_thresholds=[0.5, 0.2]),
+                                    dict(cam_thresholds=[]), dict(iou_thresholds=()),
+                                    dict(iou_thresholds=(0,)), dict(iou_thresholds=(150,))])
+def test_box_accuracy_validates_arguments(kwargs):
+    with pytest.raises(ValueError):
+        BoxAccuracy(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(cam_threshold=1.0), dict(iou_threshold=50), dict(topk=(0,)),
+                                    dict(topk=())])
+def test_topk_validates_arguments(kwargs):
+    with pytest.raises(ValueError):
+        TopKLocalization(**kwargs)
+
+
+def test_update_rejects_bad_inputs():
+    data = make_dataset(n=2)
+    m = BoxAccuracy()
+    with pytest.raises(ValueError, match="index"):
+        m.update(data["cams"], data["boxes"], data["num_boxes"], None)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        m.update(data["cams"] * 2, data["boxes"], data["num_boxes"], data["index"])
+    with pytest.raises(ValueError, match="num_boxes"):
+        m.update(data["cams"], data["boxes"], torch.tensor([0, 1]), data["index"])
+    with pytest.raises(ValueError, match="masks"):
+        PxAP().update(data["cams"], data["masks"][:, :-1], data["index"])
