@@ -20,6 +20,7 @@ from camlab.utils import (
     install_ddp_child_command,
     instantiate_group,
     print_run_summary,
+    quiet_duplicate_lightning_logs,
     resolve_ckpt_path,
 )
 
@@ -63,6 +64,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="pkg://camlab.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    quiet_duplicate_lightning_logs()
     install_ddp_child_command("camlab.train")
     try:
         metrics = train(cfg)

@@ -119,6 +119,16 @@ def cleanup_distributed() -> None:
             os.environ.pop(var, None)
 
 
+def quiet_duplicate_lightning_logs() -> None:
+    """Lightning installs its own console handler at import; under Hydra's logging every line then shows twice."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        for handler in list(lg.handlers):
+            if type(handler) is logging.StreamHandler:
+                lg.removeHandler(handler)
+        lg.propagate = True
+
+
 def _logger_dirs(trainer: Any) -> list[str]:
     dirs = []
     for lg in trainer.loggers:
