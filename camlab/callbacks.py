@@ -44,6 +44,8 @@ class CAMLocalization(L.Callback):
         output_dir: str | None = None,
         log_images: bool = True,
         write_curves: bool = True,
+        max_box_acc: bool = True,
+        topk: tuple[int, ...] | list[int] = (1, 5),
     ) -> None:
         super().__init__()
         if not 0.0 <= cam_threshold < 1.0:
@@ -56,6 +58,8 @@ class CAMLocalization(L.Callback):
         self.output_dir = Path(output_dir) if output_dir else None
         self.log_images = log_images
         self.write_curves = write_curves
+        self.max_box_acc = bool(max_box_acc)
+        self.topk = tuple(int(k) for k in topk)
         self._metrics: dict[str, Any] = {}
         self._overlays: list[OverlaySample] = []
         self.last_results: dict[str, dict[str, float]] = {}
@@ -65,14 +69,20 @@ class CAMLocalization(L.Callback):
         from camlab.metrics import WSOLMetrics
 
         return WSOLMetrics(
-            cam_threshold=self.cam_threshold,
-            iou_threshold=self.iou_threshold,
-            grid_interval=self.grid_interval,
+            cam_thresholds=self.grid_interval,
             iou_thresholds=self.iou_thresholds,
+            max_box_acc=self.max_box_acc,
+            masks=True,
+            topk=self.topk,
+            loc_cam_threshold=self.cam_threshold,
+            loc_iou_threshold=self.iou_threshold,
         )
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Fresh metric objects per setup: under ddp_spawn, state tensors created before the spawn would be shared.
+        num_classes = getattr(pl_module, "num_classes", None)
+        if num_classes is not None:
+            self.topk = tuple(k for k in self.topk if k <= num_classes)
         self._metrics = {s: self._new_metrics().to(pl_module.device) for s in ("val", "test")}
 
     def _stage_metrics(self, stage: str, pl_module: L.LightningModule) -> Any:
@@ -118,7 +128,7 @@ class CAMLocalization(L.Callback):
     # ---- per epoch -----------------------------------------------------------------------------------
     def _on_epoch_end(self, stage: str, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = self._metrics.get(stage)
-        if metrics is None or not metrics.update_called:
+        if metrics is None or not any(m.update_called for m in metrics._metrics()):
             return
         results = metrics.compute()  # every rank computes (collective sync inside)
         values = {k: float(v) for k, v in results.items()}
@@ -140,7 +150,7 @@ class CAMLocalization(L.Callback):
 
     # ---- overlays ------------------------------------------------------------------------------------
     def _collect_overlays(self, trainer, pl_module, features, logits, batch, size) -> None:
-        from camlab.localization import box_at_threshold
+        from camlab.localization import boxes_at_threshold, scoremap_to_uint8
 
         dm = trainer.datamodule
         mean = getattr(dm, "mean", (0.0, 0.0, 0.0))
@@ -158,7 +168,8 @@ class CAMLocalization(L.Callback):
                     image=denormalize(batch["image"][i].float().cpu().numpy(), mean, std),
                     cam=cams[i],
                     gt_boxes=gt,
-                    pred_box=[float(v) for v in box_at_threshold(cams[i], self.cam_threshold)],
+                    pred_box=[float(v) for v in boxes_at_threshold(
+                        scoremap_to_uint8(cams[i]), self.cam_threshold, multi_contour=False)[0]],
                     label=names[label] if names else str(label),
                     pred=names[p] if names else str(p),
                     score=float(score[i]),
@@ -239,13 +250,13 @@ def plot_curves(curves: dict[str, list[float]], path: Path, title: str = "") -> 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     t = curves.get("threshold", [])
     for key, values in curves.items():
-        if key.startswith("box_acc"):
-            axes[0].plot(t, values, label=key.replace("box_acc_", ""))
+        if key.startswith("MaxBoxAcc"):
+            axes[0].plot(t, values, label=key)
     axes[0].set_xlabel("CAM threshold")
     axes[0].set_ylabel("box accuracy (%)")
     axes[0].legend(fontsize=7)
-    if "recall" in curves and "precision" in curves:
-        axes[1].plot(curves["recall"], curves["precision"])
+    if "PxAP/recall" in curves and "PxAP/precision" in curves:
+        axes[1].plot(curves["PxAP/recall"], curves["PxAP/precision"])
         axes[1].set_xlabel("pixel recall")
         axes[1].set_ylabel("pixel precision")
     else:
