@@ -75,6 +75,8 @@ def test_backbone_contract(config):
     with torch.no_grad():
         torch.testing.assert_close(backbone.forward_features(x[:1]), backbone(x[:1]))  # timm's name, same fn
         assert min(backbone(torch.randn(1, 3, min_size, min_size)).shape[-2:]) >= 1
+        for size in (97, 98, 99, 100):  # output_size is exact off the multiples of the stride too
+            assert backbone(torch.zeros(1, 3, size, min_size)).shape[-2] == backbone.output_size(size)
         with pytest.raises(ValueError, match=f">= {min_size}"):
             backbone(torch.randn(1, 3, min_size - 1, min_size))
 
