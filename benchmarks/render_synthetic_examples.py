@@ -1,6 +1,6 @@
-"""Render docs/synthetic_examples.png: a grid of SyntheticShapes samples with their boxes and masks.
+"""Render .github/assets/synthetic_examples.png: a grid of SyntheticShapes samples with their boxes and masks.
 
-Usage: python benchmarks/render_synthetic_examples.py [--out docs/synthetic_examples.png]
+Usage: python benchmarks/render_synthetic_examples.py [--out .github/assets/synthetic_examples.png]
 Rows are classes; the last row shows max_objects=3 samples and the mask outline of one sample.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ def to_rgb(ds: SyntheticShapes, i: int) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="docs/synthetic_examples.png")
+    ap.add_argument("--out", default=".github/assets/synthetic_examples.png")
     ap.add_argument("--num-classes", type=int, default=10)
     ap.add_argument("--per-class", type=int, default=8)
     args = ap.parse_args()
