@@ -47,6 +47,7 @@ __all__ = [
     "upsample_cams",
     "threshold_grid",
     "scoremap_to_uint8",
+    "check_scoremaps",
     "threshold_levels",
     "boxes_at_threshold",
     "gt_boxes_to_int",
@@ -156,6 +157,31 @@ def threshold_levels(thresholds: Sequence[float], u8_max: int) -> np.ndarray:
         array([  0, 100, 198])
     """
     return np.array([int(float(t) * int(u8_max)) for t in thresholds], dtype=np.int64)
+
+
+@njit(cache=True)
+def _valid_unit_range(maps):
+    # one pass: every value in [0, 1] (NaN fails both comparisons)
+    flat = maps.reshape(-1)
+    for i in range(flat.shape[0]):
+        v = flat[i]
+        if not (v >= 0.0 and v <= 1.0):
+            return False
+    return True
+
+
+def check_scoremaps(maps: np.ndarray) -> None:
+    """Raise ValueError unless every value is in [0, 1] (no NaN), as wsoleval's evaluator requires.
+
+    Example:
+        >>> check_scoremaps(np.array([[0.0, 1.0]], np.float32))
+        >>> check_scoremaps(np.array([[0.0, 1.5]]))
+        Traceback (most recent call last):
+        ...
+        ValueError: score maps must be in [0, 1] without NaN (see normalize_cams)
+    """
+    if not _valid_unit_range(np.ascontiguousarray(maps)):
+        raise ValueError("score maps must be in [0, 1] without NaN (see normalize_cams)")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -317,12 +343,16 @@ def _all_contours_one(u8, levels, gt, n_gt, out):
     start = count
     fill = count[:256].copy()
     order = np.empty(H * W, np.int32)
+    ox = np.empty(H * W, np.int16)
+    oy = np.empty(H * W, np.int16)
     for y in range(H):
         row = (y + 1) * Wp + 1
         for x in range(W):
             v = u8[y, x]
             j = fill[v]
             order[j] = row + x
+            ox[j] = x
+            oy[j] = y
             fill[v] = j + 1
     parent = np.empty(Np, np.int32)
     bx0 = np.empty(Np, np.int32)
@@ -341,16 +371,10 @@ def _all_contours_one(u8, levels, gt, n_gt, out):
     for v in range(vmax, lo, -1):
         for j in range(start[v], start[v + 1]):
             p = order[j]
-            r = p  # root of p's set, kept current while merging
+            x = np.int32(ox[j])
+            y = np.int32(oy[j])
             parent[p] = p
-            x = p % Wp - 1
-            y = p // Wp - 1
-            bx0[p] = x
-            bx1[p] = x
-            by0[p] = y
-            by1[p] = y
-            active[n_active] = p
-            n_active += 1
+            r = p  # root of p's set, kept current while merging; p's own box lives in x, y
             for d in range(8):
                 q = p + nb8[d]
                 iq = img[q]
@@ -358,11 +382,24 @@ def _all_contours_one(u8, levels, gt, n_gt, out):
                     rq = _find(parent, q)
                     if rq != r:
                         parent[r] = rq
-                        bx0[rq] = min(bx0[rq], bx0[r])
-                        by0[rq] = min(by0[rq], by0[r])
-                        bx1[rq] = max(bx1[rq], bx1[r])
-                        by1[rq] = max(by1[rq], by1[r])
+                        if r == p:
+                            bx0[rq] = min(bx0[rq], x)
+                            by0[rq] = min(by0[rq], y)
+                            bx1[rq] = max(bx1[rq], x)
+                            by1[rq] = max(by1[rq], y)
+                        else:
+                            bx0[rq] = min(bx0[rq], bx0[r])
+                            by0[rq] = min(by0[rq], by0[r])
+                            bx1[rq] = max(bx1[rq], bx1[r])
+                            by1[rq] = max(by1[rq], by1[r])
                         r = rq
+            if r == p:  # a new component is born
+                bx0[p] = x
+                bx1[p] = x
+                by0[p] = y
+                by1[p] = y
+                active[n_active] = p
+                n_active += 1
         if need[v - 1]:  # foreground is now {u8 > v - 1}
             best = 0.0
             m = 0
@@ -391,32 +428,39 @@ def _all_contours_one(u8, levels, gt, n_gt, out):
     for v in range(0, hi + 1):
         for j in range(start[v], start[v + 1]):
             p = order[j]
-            r = p
+            x = np.int32(ox[j])
+            y = np.int32(oy[j])
             parent[p] = p
-            x = p % Wp - 1
-            y = p // Wp - 1
-            bx0[p] = x
-            bx1[p] = x
-            by0[p] = y
-            by1[p] = y
-            active[n_active] = p
-            n_active += 1
+            r = p
             for d in range(4):
                 q = p + nb4[d]
                 iq = img[q]
                 if iq < v or (iq == v and q < p):
                     rq = _find(parent, q)
                     if rq != r:
-                        if r == outside:
+                        if r == outside:  # the outside set stays its own root
                             parent[rq] = outside
                         else:
                             parent[r] = rq
                             if rq != outside:
-                                bx0[rq] = min(bx0[rq], bx0[r])
-                                by0[rq] = min(by0[rq], by0[r])
-                                bx1[rq] = max(bx1[rq], bx1[r])
-                                by1[rq] = max(by1[rq], by1[r])
+                                if r == p:
+                                    bx0[rq] = min(bx0[rq], x)
+                                    by0[rq] = min(by0[rq], y)
+                                    bx1[rq] = max(bx1[rq], x)
+                                    by1[rq] = max(by1[rq], y)
+                                else:
+                                    bx0[rq] = min(bx0[rq], bx0[r])
+                                    by0[rq] = min(by0[rq], by0[r])
+                                    bx1[rq] = max(bx1[rq], bx1[r])
+                                    by1[rq] = max(by1[rq], by1[r])
                             r = rq
+            if r == p:  # a new hole is born
+                bx0[p] = x
+                bx1[p] = x
+                by0[p] = y
+                by1[p] = y
+                active[n_active] = p
+                n_active += 1
         if need[v]:  # background is now {u8 <= v}
             best = 0.0
             m = 0
@@ -595,7 +639,7 @@ def _pxap_hist_batch(scores, masks, edges, lut, out):
             m = masks[i, j]
             if m > 1:
                 continue
-            s = scores[i, j]
+            s = np.float64(scores[i, j])
             if s >= 1.0:
                 if s < 2.0:
                     b = K
@@ -645,7 +689,9 @@ def pxap_histograms(scoremaps, masks, thresholds=None) -> np.ndarray:
         raise ValueError(f"masks {masks.shape} must match scoremaps {scoremaps.shape}")
     B = scoremaps.shape[0]
     edges = pxap_bin_edges(thresholds)
-    scores = np.ascontiguousarray(scoremaps.reshape(B, -1), dtype=np.float64)
+    if scoremaps.dtype not in (np.float32, np.float64):
+        scoremaps = scoremaps.astype(np.float64)
+    scores = np.ascontiguousarray(scoremaps.reshape(B, -1))  # float32 is widened exactly in the kernel
     m = np.ascontiguousarray(masks.reshape(B, -1)).astype(np.uint8, copy=False)
     K = edges.shape[0] - 3
     if K < 1 or np.any(np.diff(edges) <= 0) or edges[0] < 0 or edges[K - 1] >= 1:

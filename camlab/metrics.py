@@ -23,6 +23,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 from camlab.localization import (
     best_ious_per_threshold,
+    check_scoremaps,
     pxap_from_histograms,
     pxap_histograms,
     threshold_grid,
@@ -55,10 +56,12 @@ def resolve_thresholds(cam_thresholds) -> np.ndarray:
 def _check_maps(cams: Tensor) -> np.ndarray:
     if not isinstance(cams, Tensor) or cams.ndim != 3:
         raise ValueError(f"cams must be a (B, H, W) tensor, got {getattr(cams, 'shape', type(cams))}")
-    cams = cams.detach().to("cpu", torch.float32)
-    if torch.isnan(cams).any() or (cams.numel() and (cams.min() < 0 or cams.max() > 1)):
+    maps = cams.detach().to("cpu", torch.float32).numpy()
+    try:
+        check_scoremaps(maps)
+    except ValueError:
         raise ValueError("cams must be normalized to [0, 1] without NaN (see localization.normalize_cams)")
-    return cams.numpy()
+    return maps
 
 
 def _check_index(index, batch: int) -> Tensor:
