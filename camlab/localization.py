@@ -301,6 +301,24 @@ def _best_iou_box(x0, y0, x1, y1, gt, n_gt):
 
 
 @njit(cache=True)
+def _snapshot(active, n_active, parent, bb, grow, W, H, gt, n_gt):
+    # Best IoU over the live roots listed in active[:n_active]; drops dead ones. Returns (best, n).
+    # A root's pixel box is grown by `grow` (0: component, 1: hole), then wsoleval's box and clip.
+    best = 0.0
+    m = 0
+    for j in range(n_active):
+        r = active[j]
+        if parent[r] == r:
+            active[m] = r
+            m += 1
+            b = _best_iou_box(bb[r, 0] - grow, bb[r, 1] - grow, min(bb[r, 2] + grow + 1, W - 1),
+                              min(bb[r, 3] + grow + 1, H - 1), gt, n_gt)
+            if b > best:
+                best = b
+    return best, m
+
+
+@njit(cache=True)
 def _all_contours_one(u8, levels, gt, n_gt, out):
     """Best IoU over all tree-mode contours at each level.
 
@@ -343,23 +361,16 @@ def _all_contours_one(u8, levels, gt, n_gt, out):
     start = count
     fill = count[:256].copy()
     order = np.empty(H * W, np.int32)
-    ox = np.empty(H * W, np.int16)
-    oy = np.empty(H * W, np.int16)
     for y in range(H):
         row = (y + 1) * Wp + 1
         for x in range(W):
             v = u8[y, x]
             j = fill[v]
             order[j] = row + x
-            ox[j] = x
-            oy[j] = y
             fill[v] = j + 1
     parent = np.empty(Np, np.int32)
-    bx0 = np.empty(Np, np.int32)
-    by0 = np.empty(Np, np.int32)
-    bx1 = np.empty(Np, np.int32)
-    by1 = np.empty(Np, np.int32)
-    active = np.empty(H * W, np.int32)
+    bb = np.empty((Np, 4), np.int32)  # pixel box x0, y0, x1, y1 of each root
+    active = np.empty(H * W, np.int32)  # roots born so far (dead ones dropped at each snapshot)
     best_fg = np.zeros(256, np.float64)
     best_hole = np.zeros(256, np.float64)
     nb8 = np.array([-Wp - 1, -Wp, -Wp + 1, -1, 1, Wp - 1, Wp, Wp + 1], np.int64)
@@ -370,50 +381,41 @@ def _all_contours_one(u8, levels, gt, n_gt, out):
     n_active = 0
     for v in range(vmax, lo, -1):
         for j in range(start[v], start[v + 1]):
-            p = order[j]
-            x = np.int32(ox[j])
-            y = np.int32(oy[j])
+            p = np.int64(order[j])
+            y = p // Wp - 1
+            x = p - (y + 1) * Wp - 1
             parent[p] = p
-            r = p  # root of p's set, kept current while merging; p's own box lives in x, y
+            r = p  # root of p's set, kept current while merging; p's own box is (x, y)
             for d in range(8):
                 q = p + nb8[d]
                 iq = img[q]
                 if iq > v or (iq == v and q < p):
-                    rq = _find(parent, q)
+                    rq = np.int64(parent[q])
+                    while parent[rq] != rq:
+                        parent[rq] = parent[parent[rq]]
+                        rq = np.int64(parent[rq])
                     if rq != r:
                         parent[r] = rq
                         if r == p:
-                            bx0[rq] = min(bx0[rq], x)
-                            by0[rq] = min(by0[rq], y)
-                            bx1[rq] = max(bx1[rq], x)
-                            by1[rq] = max(by1[rq], y)
+                            bb[rq, 0] = min(bb[rq, 0], x)
+                            bb[rq, 1] = min(bb[rq, 1], y)
+                            bb[rq, 2] = max(bb[rq, 2], x)
+                            bb[rq, 3] = max(bb[rq, 3], y)
                         else:
-                            bx0[rq] = min(bx0[rq], bx0[r])
-                            by0[rq] = min(by0[rq], by0[r])
-                            bx1[rq] = max(bx1[rq], bx1[r])
-                            by1[rq] = max(by1[rq], by1[r])
+                            bb[rq, 0] = min(bb[rq, 0], bb[r, 0])
+                            bb[rq, 1] = min(bb[rq, 1], bb[r, 1])
+                            bb[rq, 2] = max(bb[rq, 2], bb[r, 2])
+                            bb[rq, 3] = max(bb[rq, 3], bb[r, 3])
                         r = rq
             if r == p:  # a new component is born
-                bx0[p] = x
-                bx1[p] = x
-                by0[p] = y
-                by1[p] = y
+                bb[p, 0] = x
+                bb[p, 1] = y
+                bb[p, 2] = x
+                bb[p, 3] = y
                 active[n_active] = p
                 n_active += 1
         if need[v - 1]:  # foreground is now {u8 > v - 1}
-            best = 0.0
-            m = 0
-            for j in range(n_active):
-                r = active[j]
-                if parent[r] == r:
-                    active[m] = r
-                    m += 1
-                    b = _best_iou_box(bx0[r], by0[r], min(bx1[r] + 1, W - 1), min(by1[r] + 1, H - 1),
-                                      gt, n_gt)
-                    if b > best:
-                        best = b
-            n_active = m
-            best_fg[v - 1] = best
+            best_fg[v - 1], n_active = _snapshot(active, n_active, parent, bb, 0, W, H, gt, n_gt)
 
     # ---- hole tree: pixels by increasing value, 4-connectivity; the padding is one "outside" set
     # (root 0) that stays its own root, so a root other than 0 is a hole (background off the border).
@@ -427,16 +429,19 @@ def _all_contours_one(u8, levels, gt, n_gt, out):
     n_active = 0
     for v in range(0, hi + 1):
         for j in range(start[v], start[v + 1]):
-            p = order[j]
-            x = np.int32(ox[j])
-            y = np.int32(oy[j])
+            p = np.int64(order[j])
+            y = p // Wp - 1
+            x = p - (y + 1) * Wp - 1
             parent[p] = p
             r = p
             for d in range(4):
                 q = p + nb4[d]
                 iq = img[q]
                 if iq < v or (iq == v and q < p):
-                    rq = _find(parent, q)
+                    rq = np.int64(parent[q])
+                    while parent[rq] != rq:
+                        parent[rq] = parent[parent[rq]]
+                        rq = np.int64(parent[rq])
                     if rq != r:
                         if r == outside:  # the outside set stays its own root
                             parent[rq] = outside
@@ -444,37 +449,25 @@ def _all_contours_one(u8, levels, gt, n_gt, out):
                             parent[r] = rq
                             if rq != outside:
                                 if r == p:
-                                    bx0[rq] = min(bx0[rq], x)
-                                    by0[rq] = min(by0[rq], y)
-                                    bx1[rq] = max(bx1[rq], x)
-                                    by1[rq] = max(by1[rq], y)
+                                    bb[rq, 0] = min(bb[rq, 0], x)
+                                    bb[rq, 1] = min(bb[rq, 1], y)
+                                    bb[rq, 2] = max(bb[rq, 2], x)
+                                    bb[rq, 3] = max(bb[rq, 3], y)
                                 else:
-                                    bx0[rq] = min(bx0[rq], bx0[r])
-                                    by0[rq] = min(by0[rq], by0[r])
-                                    bx1[rq] = max(bx1[rq], bx1[r])
-                                    by1[rq] = max(by1[rq], by1[r])
+                                    bb[rq, 0] = min(bb[rq, 0], bb[r, 0])
+                                    bb[rq, 1] = min(bb[rq, 1], bb[r, 1])
+                                    bb[rq, 2] = max(bb[rq, 2], bb[r, 2])
+                                    bb[rq, 3] = max(bb[rq, 3], bb[r, 3])
                             r = rq
             if r == p:  # a new hole is born
-                bx0[p] = x
-                bx1[p] = x
-                by0[p] = y
-                by1[p] = y
+                bb[p, 0] = x
+                bb[p, 1] = y
+                bb[p, 2] = x
+                bb[p, 3] = y
                 active[n_active] = p
                 n_active += 1
         if need[v]:  # background is now {u8 <= v}
-            best = 0.0
-            m = 0
-            for j in range(n_active):
-                r = active[j]
-                if parent[r] == r:
-                    active[m] = r
-                    m += 1
-                    b = _best_iou_box(bx0[r] - 1, by0[r] - 1, min(bx1[r] + 2, W - 1),
-                                      min(by1[r] + 2, H - 1), gt, n_gt)
-                    if b > best:
-                        best = b
-            n_active = m
-            best_hole[v] = best
+            best_hole[v], n_active = _snapshot(active, n_active, parent, bb, 1, W, H, gt, n_gt)
 
     for k in range(K):
         L = levels[k]
@@ -572,32 +565,40 @@ def best_ious_largest_contour(scoremaps, gt_boxes, num_boxes=None, thresholds=No
     out = np.zeros(levels.shape, dtype=np.float64)
     for i in range(B):
         img = u8[i]
-        gti = gt[i, : n_gt[i]]
+        gti = gt[i, : n_gt[i]].tolist()
         row_max = img.max(axis=1)
         col_max = img.max(axis=0)
-        hist_ge = np.cumsum(np.bincount(img.ravel(), minlength=256)[::-1])[::-1]  # pixels >= v
+        n_above = np.cumsum(np.bincount(img.ravel(), minlength=256)[::-1])[::-1]  # pixels >= v
         cache: dict[int, float] = {}
         prev_count, prev_val = -1, 0.0
         for L in sorted(set(levels[i].tolist())):
-            n_fg = int(hist_ge[L + 1]) if L < 255 else 0
+            n_fg = int(n_above[L + 1]) if L < 255 else 0
             if n_fg == prev_count:  # nested masks of equal size are equal
                 cache[L] = prev_val
                 continue
             if n_fg == 0:
-                box = np.zeros((1, 4), np.int64)
-            else:
+                box = [0, 0, 0, 0]
+            else:  # crop to the foreground: same contours, same order, shifted back by offset
                 ys = np.flatnonzero(row_max > L)
                 xs = np.flatnonzero(col_max > L)
-                y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
-                binary = (img[y0:y1, x0:x1] > L).astype(np.uint8)
-                contours = _contours(binary, offset=(int(x0), int(y0)))
+                y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+                _, binary = cv2.threshold(img[y0:y1, x0:x1], L, 255, cv2.THRESH_BINARY)
+                contours = _contours(binary, offset=(x0, y0))
                 areas = [cv2.contourArea(c) for c in contours]
-                box = np.array([_contour_box(contours[int(np.argmax(areas))], W, H)], np.int64)
-            val = float(box_iou_inclusive(box, gti).max())
+                box = _contour_box(contours[areas.index(max(areas))], W, H)  # first of the largest
+            val = max(_iou_py(box, g) for g in gti)
             cache[L] = val
             prev_count, prev_val = n_fg, val
         out[i] = [cache[L] for L in levels[i].tolist()]
     return out
+
+
+def _iou_py(a, b) -> float:
+    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
+    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
+    inter = iw * ih
+    union = (a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def best_ious_per_threshold(scoremaps, gt_boxes, num_boxes=None, thresholds=None,
