@@ -19,12 +19,13 @@ compare with published tables (see ``benchmarks/METRICS_NOTES.md``):
   ``0..10`` (11 pixels): the same one-pixel quirk wsoleval has on CUB/ILSVRC.
 
 Fast path: :func:`best_ious_all_contours` gives, per image, the best IoU over *all* contours at every
-grid threshold (MaxBoxAccV2) without one connected-components call per threshold. The thresholded
-masks are nested, so the foreground components at every level form a component tree (max-tree); one
-union-find pass over the pixels sorted by value (8-connectivity, bounding boxes tracked per root) gives
-every component's box at every level. Holes are the 4-connected background components off the border:
-a second union-find pass over the pixels in increasing order (the border pre-merged into one "outside"
-set) gives every hole's box at every level. Both are numba kernels (``cache=True``).
+grid threshold (MaxBoxAccV2) without one OpenCV call per threshold. Only the distinct cut levels matter;
+a pixel's level index ("rank") says at which of them it is foreground. Along a row the foreground of
+level j changes only where two neighbouring ranks straddle j: these crossings (about 20k per smooth
+224x224 map, far fewer than pixels x levels) are bucketed by (level, row) in one pass. Each level is
+then labelled from its runs: foreground runs 8-connected (component boxes), background runs
+4-connected with the border flagged (hole boxes; skipped when no inner row has two foreground runs,
+since then no background run avoids the border). A numba kernel (``cache=True``) does all of it.
 
 The largest-contour variant (MaxBoxAcc) needs ``cv2.contourArea`` (a polygon area through contour
 pixel centres), which the component tree does not give; :func:`best_ious_largest_contour` therefore
@@ -301,189 +302,194 @@ def _best_iou_box(x0, y0, x1, y1, gt, n_gt):
 
 
 @njit(cache=True)
-def _snapshot(active, n_active, parent, bb, grow, W, H, gt, n_gt):
-    # Best IoU over the live roots listed in active[:n_active]; drops dead ones. Returns (best, n).
-    # A root's pixel box is grown by `grow` (0: component, 1: hole), then wsoleval's box and clip.
-    best = 0.0
-    m = 0
-    for j in range(n_active):
-        r = active[j]
-        if parent[r] == r:
-            active[m] = r
-            m += 1
-            b = _best_iou_box(bb[r, 0] - grow, bb[r, 1] - grow, min(bb[r, 2] + grow + 1, W - 1),
-                              min(bb[r, 3] + grow + 1, H - 1), gt, n_gt)
-            if b > best:
-                best = b
-    return best, m
+def _label_runs(x0, x1, ry, rowstart, H, W, conn8, par, bb, border):
+    """Union-find over the runs of one level (rows in order); boxes and border flags per root."""
+    n = rowstart[H]
+    for r in range(n):
+        par[r] = r
+        bb[r, 0] = x0[r]
+        bb[r, 1] = ry[r]
+        bb[r, 2] = x1[r]
+        bb[r, 3] = ry[r]
+        border[r] = x0[r] == 0 or x1[r] == W - 1 or ry[r] == 0 or ry[r] == H - 1
+    reach = 1 if conn8 else 0
+    for y in range(1, H):
+        i = rowstart[y - 1]
+        i_end = rowstart[y]
+        k = rowstart[y]
+        k_end = rowstart[y + 1]
+        while i < i_end and k < k_end:
+            if x0[i] <= x1[k] + reach and x0[k] <= x1[i] + reach:
+                a = _find(par, i)
+                b = _find(par, k)
+                if a != b:
+                    par[a] = b
+                    bb[b, 0] = min(bb[b, 0], bb[a, 0])
+                    bb[b, 1] = min(bb[b, 1], bb[a, 1])
+                    bb[b, 2] = max(bb[b, 2], bb[a, 2])
+                    bb[b, 3] = max(bb[b, 3], bb[a, 3])
+                    border[b] = border[b] or border[a]
+            if x1[i] < x1[k]:
+                i += 1
+            else:
+                k += 1
 
 
 @njit(cache=True)
-def _all_contours_one(u8, levels, gt, n_gt, out):
-    """Best IoU over all tree-mode contours at each level.
+def _all_contours_runs(u8, levels, gt, n_gt, out):
+    """Best IoU over all tree-mode contours at each level, by per-level run-length labelling.
 
     u8 (H, W) uint8; levels (K,) cut levels (foreground is ``u8 > level``); gt (G, 4) inclusive ints,
     the first n_gt valid; out (K,) float64, written.
+
+    Along each row, the foreground of level j changes only where the level index ("rank") of two
+    neighbouring pixels straddles j; those crossings are bucketed by (level, row) once, and each level
+    is then labelled from its runs (foreground 8-connected, background 4-connected, the border flagged).
     """
     H, W = u8.shape
     K = levels.shape[0]
-    Wp = W + 2
-    Np = (H + 2) * Wp
-    count = np.zeros(257, np.int64)
-    # padded copy; the border (-1) is never foreground and always background ("outside")
-    img = np.full(Np, -1, np.int16)
-    for y in range(H):
-        row = (y + 1) * Wp + 1
-        for x in range(W):
-            v = u8[y, x]
-            img[row + x] = v
-            count[v + 1] += 1
     vmax = 0
-    for v in range(256):
-        if count[v + 1] > 0:
-            vmax = v
-    if vmax == 0:  # no foreground at any level: wsoleval's (0, 0, 0, 0) box
+    for y in range(H):
+        for x in range(W):
+            if u8[y, x] > vmax:
+                vmax = u8[y, x]
+    if vmax == 0:
         val = _best_iou_box(0, 0, 0, 0, gt, n_gt)
         for k in range(K):
             out[k] = val
         return
-    need = np.zeros(257, np.bool_)
-    lo = 256
-    hi = -1
+    used = np.zeros(256, np.bool_)
     for k in range(K):
-        L = levels[k]
-        need[L] = True
-        lo = min(lo, L)
-        hi = max(hi, L)
-    # stable counting sort of the pixels by value: start[v] .. start[v + 1] hold value v, raster order
+        used[levels[k]] = True
+    lvl_index = np.full(256, -1, np.int64)
+    lut = np.zeros(256, np.int64)
+    n = 0
     for v in range(256):
-        count[v + 1] += count[v]
-    start = count
-    fill = count[:256].copy()
-    order = np.empty(H * W, np.int32)
+        lut[v] = n  # rank(v) = number of levels below v; foreground at level j iff rank > j
+        if used[v]:
+            lvl_index[v] = n
+            n += 1
+    # crossings per (level, row), in x order
+    cnt = np.zeros(n * H + 1, np.int64)
     for y in range(H):
-        row = (y + 1) * Wp + 1
+        a = lut[u8[y, 0]]
+        for x in range(1, W):
+            b = lut[u8[y, x]]
+            if a != b:
+                for j in range(min(a, b), max(a, b)):
+                    cnt[j * H + y + 1] += 1
+            a = b
+    for i in range(n * H):
+        cnt[i + 1] += cnt[i]
+    ev = np.empty(cnt[n * H], np.int32)
+    fill = cnt[: n * H].copy()
+    for y in range(H):
+        a = lut[u8[y, 0]]
+        for x in range(1, W):
+            b = lut[u8[y, x]]
+            if a != b:
+                for j in range(min(a, b), max(a, b)):
+                    ev[fill[j * H + y]] = x
+                    fill[j * H + y] += 1
+            a = b
+    cap = H
+    for j in range(n):
+        cap = max(cap, cnt[(j + 1) * H] - cnt[j * H] + H)
+    fx0 = np.empty(cap, np.int32)
+    fx1 = np.empty(cap, np.int32)
+    fy = np.empty(cap, np.int32)
+    gx0 = np.empty(cap, np.int32)
+    gx1 = np.empty(cap, np.int32)
+    gy = np.empty(cap, np.int32)
+    frow = np.empty(H + 1, np.int64)
+    grow_ = np.empty(H + 1, np.int64)
+    par = np.empty(cap, np.int32)
+    bb = np.empty((cap, 4), np.int32)
+    border = np.empty(cap, np.bool_)
+    best_fg = np.zeros(n, np.float64)
+    best_hole = np.zeros(n, np.float64)
+    row_max = np.zeros(H, np.int64)
+    for y in range(H):
         for x in range(W):
-            v = u8[y, x]
-            j = fill[v]
-            order[j] = row + x
-            fill[v] = j + 1
-    parent = np.empty(Np, np.int32)
-    bb = np.empty((Np, 4), np.int32)  # pixel box x0, y0, x1, y1 of each root
-    active = np.empty(H * W, np.int32)  # roots born so far (dead ones dropped at each snapshot)
-    best_fg = np.zeros(256, np.float64)
-    best_hole = np.zeros(256, np.float64)
-    nb8 = np.array([-Wp - 1, -Wp, -Wp + 1, -1, 1, Wp - 1, Wp, Wp + 1], np.int64)
-    nb4 = np.array([-Wp, -1, 1, Wp], np.int64)
-
-    # ---- foreground max-tree: pixels by decreasing value, 8-connectivity. A neighbour q is already
-    # in iff img[q] > v, or img[q] == v and q comes first in raster order (the sort is stable).
-    n_active = 0
-    for v in range(vmax, lo, -1):
-        for j in range(start[v], start[v + 1]):
-            p = np.int64(order[j])
-            y = p // Wp - 1
-            x = p - (y + 1) * Wp - 1
-            parent[p] = p
-            r = p  # root of p's set, kept current while merging; p's own box is (x, y)
-            for d in range(8):
-                q = p + nb8[d]
-                iq = img[q]
-                if iq > v or (iq == v and q < p):
-                    rq = np.int64(parent[q])
-                    while parent[rq] != rq:
-                        parent[rq] = parent[parent[rq]]
-                        rq = np.int64(parent[rq])
-                    if rq != r:
-                        parent[r] = rq
-                        if r == p:
-                            bb[rq, 0] = min(bb[rq, 0], x)
-                            bb[rq, 1] = min(bb[rq, 1], y)
-                            bb[rq, 2] = max(bb[rq, 2], x)
-                            bb[rq, 3] = max(bb[rq, 3], y)
-                        else:
-                            bb[rq, 0] = min(bb[rq, 0], bb[r, 0])
-                            bb[rq, 1] = min(bb[rq, 1], bb[r, 1])
-                            bb[rq, 2] = max(bb[rq, 2], bb[r, 2])
-                            bb[rq, 3] = max(bb[rq, 3], bb[r, 3])
-                        r = rq
-            if r == p:  # a new component is born
-                bb[p, 0] = x
-                bb[p, 1] = y
-                bb[p, 2] = x
-                bb[p, 3] = y
-                active[n_active] = p
-                n_active += 1
-        if need[v - 1]:  # foreground is now {u8 > v - 1}
-            best_fg[v - 1], n_active = _snapshot(active, n_active, parent, bb, 0, W, H, gt, n_gt)
-
-    # ---- hole tree: pixels by increasing value, 4-connectivity; the padding is one "outside" set
-    # (root 0) that stays its own root, so a root other than 0 is a hole (background off the border).
-    outside = 0
-    for x in range(Wp):
-        parent[x] = outside
-        parent[(H + 1) * Wp + x] = outside
-    for y in range(H + 2):
-        parent[y * Wp] = outside
-        parent[y * Wp + W + 1] = outside
-    n_active = 0
-    for v in range(0, hi + 1):
-        for j in range(start[v], start[v + 1]):
-            p = np.int64(order[j])
-            y = p // Wp - 1
-            x = p - (y + 1) * Wp - 1
-            parent[p] = p
-            r = p
-            for d in range(4):
-                q = p + nb4[d]
-                iq = img[q]
-                if iq < v or (iq == v and q < p):
-                    rq = np.int64(parent[q])
-                    while parent[rq] != rq:
-                        parent[rq] = parent[parent[rq]]
-                        rq = np.int64(parent[rq])
-                    if rq != r:
-                        if r == outside:  # the outside set stays its own root
-                            parent[rq] = outside
-                        else:
-                            parent[r] = rq
-                            if rq != outside:
-                                if r == p:
-                                    bb[rq, 0] = min(bb[rq, 0], x)
-                                    bb[rq, 1] = min(bb[rq, 1], y)
-                                    bb[rq, 2] = max(bb[rq, 2], x)
-                                    bb[rq, 3] = max(bb[rq, 3], y)
-                                else:
-                                    bb[rq, 0] = min(bb[rq, 0], bb[r, 0])
-                                    bb[rq, 1] = min(bb[rq, 1], bb[r, 1])
-                                    bb[rq, 2] = max(bb[rq, 2], bb[r, 2])
-                                    bb[rq, 3] = max(bb[rq, 3], bb[r, 3])
-                            r = rq
-            if r == p:  # a new hole is born
-                bb[p, 0] = x
-                bb[p, 1] = y
-                bb[p, 2] = x
-                bb[p, 3] = y
-                active[n_active] = p
-                n_active += 1
-        if need[v]:  # background is now {u8 <= v}
-            best_hole[v], n_active = _snapshot(active, n_active, parent, bb, 1, W, H, gt, n_gt)
-
+            row_max[y] = max(row_max[y], lut[u8[y, x]])
+    for j in range(n):
+        # foreground runs; two of them in an inner row enclose an interior background run, and
+        # without such a run no background component can avoid the border: no hole at this level
+        nf = 0
+        interior = False
+        for y in range(H):
+            frow[y] = nf
+            if row_max[y] <= j:
+                continue
+            first = nf
+            fg = lut[u8[y, 0]] > j
+            start = 0
+            e0 = cnt[j * H + y]
+            e1 = cnt[j * H + y + 1]
+            for e in range(e0, e1 + 1):
+                x = ev[e] if e < e1 else W
+                if fg:
+                    fx0[nf] = start
+                    fx1[nf] = x - 1
+                    fy[nf] = y
+                    nf += 1
+                start = x
+                fg = not fg
+            if nf - first >= 2 and 0 < y < H - 1:
+                interior = True
+        frow[H] = nf
+        _label_runs(fx0, fx1, fy, frow, H, W, True, par, bb, border)
+        best = 0.0
+        for r in range(nf):
+            if par[r] == r:
+                v = _best_iou_box(bb[r, 0], bb[r, 1], min(bb[r, 2] + 1, W - 1), min(bb[r, 3] + 1, H - 1),
+                                  gt, n_gt)
+                if v > best:
+                    best = v
+        best_fg[j] = best
+        if not interior:
+            continue
+        ng = 0
+        for y in range(H):
+            grow_[y] = ng
+            fg = lut[u8[y, 0]] > j
+            start = 0
+            e0 = cnt[j * H + y]
+            e1 = cnt[j * H + y + 1]
+            for e in range(e0, e1 + 1):
+                x = ev[e] if e < e1 else W
+                if not fg:
+                    gx0[ng] = start
+                    gx1[ng] = x - 1
+                    gy[ng] = y
+                    ng += 1
+                start = x
+                fg = not fg
+        grow_[H] = ng
+        _label_runs(gx0, gx1, gy, grow_, H, W, False, par, bb, border)
+        best = 0.0
+        for r in range(ng):
+            if par[r] == r and not border[r]:
+                v = _best_iou_box(bb[r, 0] - 1, bb[r, 1] - 1, min(bb[r, 2] + 2, W - 1),
+                                  min(bb[r, 3] + 2, H - 1), gt, n_gt)
+                if v > best:
+                    best = v
+        best_hole[j] = best
     for k in range(K):
-        L = levels[k]
-        out[k] = max(best_fg[L], best_hole[L])
+        j = lvl_index[levels[k]]
+        out[k] = max(best_fg[j], best_hole[j])
 
 
 @njit(cache=True)
 def _all_contours_serial(u8, levels, gt, n_gt, out):
     for i in range(u8.shape[0]):
-        _all_contours_one(u8[i], levels[i], gt[i], n_gt[i], out[i])
+        _all_contours_runs(u8[i], levels[i], gt[i], n_gt[i], out[i])
 
 
 @njit(cache=True, parallel=True)
 def _all_contours_parallel(u8, levels, gt, n_gt, out):
     for i in prange(u8.shape[0]):
-        _all_contours_one(u8[i], levels[i], gt[i], n_gt[i], out[i])
+        _all_contours_runs(u8[i], levels[i], gt[i], n_gt[i], out[i])
 
 
 def _all_contours_batch(u8, levels, gt, n_gt, out, parallel=False):
@@ -521,8 +527,8 @@ def _prepare(scoremaps, gt_boxes, num_boxes, thresholds):
 def best_ious_all_contours(scoremaps, gt_boxes, num_boxes=None, thresholds=None) -> np.ndarray:
     """Per image and threshold, the best IoU over all tree-mode contours x GT boxes (MaxBoxAccV2).
 
-    One union-find pass per image and tree (see module docstring); equals wsoleval's per-threshold
-    OpenCV procedure exactly.
+    Run-length labelling of every level from the rank crossings (see module docstring); equals
+    wsoleval's per-threshold OpenCV procedure exactly.
 
     Args:
         scoremaps: (B, H, W) float maps in [0, 1] (numpy or torch).
