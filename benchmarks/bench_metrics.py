@@ -95,9 +95,10 @@ def fast(cams, boxes, num, masks, grid, parallel=False, batch=64):
     box = BoxAccuracy(grid, (30, 50, 70), multi_contour=True, parallel=parallel)
     pxap = PxAP(grid)
     for s in range(0, cams.shape[0], batch):
-        idx = torch.arange(s, min(s + batch, cams.shape[0]))
-        box.update(cams[idx], boxes[idx], num[idx], idx)
-        pxap.update(cams[idx], masks[idx], idx)
+        sl = slice(s, min(s + batch, cams.shape[0]))  # views, as a callback gets its batch tensors
+        idx = torch.arange(sl.start, sl.stop)
+        box.update(cams[sl], boxes[sl], num[sl], idx)
+        pxap.update(cams[sl], masks[sl], idx)
     out = box.compute() | pxap.compute()
     state_bytes = sum(t.numel() * t.element_size() for m in (box, pxap) for name in m._defaults
                       for t in getattr(m, name))

@@ -28,7 +28,7 @@ then labelled from its runs: foreground runs 8-connected (component boxes), back
 since then no background run avoids the border). A numba kernel (``cache=True``) does all of it.
 
 The largest-contour variant (MaxBoxAcc) needs ``cv2.contourArea`` (a polygon area through contour
-pixel centres), which the component tree does not give; :func:`best_ious_largest_contour` therefore
+pixel centres), which the run labelling does not give; :func:`best_ious_largest_contour` therefore
 calls ``cv2.findContours`` once per *distinct* threshold level, cropped to the foreground's bounding
 box and skipped when the mask did not change since the previous level.
 """
