@@ -302,9 +302,10 @@ def _best_iou_box(x0, y0, x1, y1, gt, n_gt):
 
 
 @njit(cache=True)
-def _label_runs(x0, x1, ry, rowstart, H, W, conn8, par, bb, border):
-    """Union-find over the runs of one level (rows in order); boxes and border flags per root."""
-    n = rowstart[H]
+def _label_runs(x0, x1, ry, rowstart, ya, yb, H, W, conn8, par, bb, border):
+    """Union-find over the runs of rows ya..yb of one level (runs 0..rowstart[yb + 1], rows in order);
+    boxes and border flags per root."""
+    n = rowstart[yb + 1]
     for r in range(n):
         par[r] = r
         bb[r, 0] = x0[r]
@@ -313,7 +314,7 @@ def _label_runs(x0, x1, ry, rowstart, H, W, conn8, par, bb, border):
         bb[r, 3] = ry[r]
         border[r] = x0[r] == 0 or x1[r] == W - 1 or ry[r] == 0 or ry[r] == H - 1
     reach = 1 if conn8 else 0
-    for y in range(1, H):
+    for y in range(ya + 1, yb + 1):
         i = rowstart[y - 1]
         i_end = rowstart[y]
         k = rowstart[y]
@@ -369,7 +370,7 @@ def _all_contours_runs(u8, levels, gt, n_gt, out):
         if used[v]:
             lvl_index[v] = n
             n += 1
-    # crossings per (level, row), in x order
+    # crossings per (row, level), in x order; keys y * n + j keep a pixel pair's levels contiguous
     cnt = np.zeros(n * H + 1, np.int64)
     for y in range(H):
         a = lut[u8[y, 0]]
@@ -377,7 +378,7 @@ def _all_contours_runs(u8, levels, gt, n_gt, out):
             b = lut[u8[y, x]]
             if a != b:
                 for j in range(min(a, b), max(a, b)):
-                    cnt[j * H + y + 1] += 1
+                    cnt[y * n + j + 1] += 1
             a = b
     for i in range(n * H):
         cnt[i + 1] += cnt[i]
@@ -389,12 +390,14 @@ def _all_contours_runs(u8, levels, gt, n_gt, out):
             b = lut[u8[y, x]]
             if a != b:
                 for j in range(min(a, b), max(a, b)):
-                    ev[fill[j * H + y]] = x
-                    fill[j * H + y] += 1
+                    ev[fill[y * n + j]] = x
+                    fill[y * n + j] += 1
             a = b
-    cap = H
-    for j in range(n):
-        cap = max(cap, cnt[(j + 1) * H] - cnt[j * H] + H)
+    per_level = np.zeros(n, np.int64)
+    for y in range(H):
+        for j in range(n):
+            per_level[j] += cnt[y * n + j + 1] - cnt[y * n + j]
+    cap = H + per_level.max()
     fx0 = np.empty(cap, np.int32)
     fx1 = np.empty(cap, np.int32)
     fy = np.empty(cap, np.int32)
@@ -412,20 +415,27 @@ def _all_contours_runs(u8, levels, gt, n_gt, out):
     for y in range(H):
         for x in range(W):
             row_max[y] = max(row_max[y], lut[u8[y, x]])
+    y_first = 0  # the top level j = n - 1 still has foreground (the map's max), so these stay in range
+    y_last = H - 1
     for j in range(n):
         # foreground runs; two of them in an inner row enclose an interior background run, and
         # without such a run no background component can avoid the border: no hole at this level
+        # rows with foreground at level j lie in [y_first, y_last], a range that only shrinks with j
+        while row_max[y_first] <= j:
+            y_first += 1
+        while row_max[y_last] <= j:
+            y_last -= 1
         nf = 0
         interior = False
-        for y in range(H):
+        for y in range(y_first, y_last + 1):
             frow[y] = nf
             if row_max[y] <= j:
                 continue
             first = nf
             fg = lut[u8[y, 0]] > j
             start = 0
-            e0 = cnt[j * H + y]
-            e1 = cnt[j * H + y + 1]
+            e0 = cnt[y * n + j]
+            e1 = cnt[y * n + j + 1]
             for e in range(e0, e1 + 1):
                 x = ev[e] if e < e1 else W
                 if fg:
@@ -437,8 +447,8 @@ def _all_contours_runs(u8, levels, gt, n_gt, out):
                 fg = not fg
             if nf - first >= 2 and 0 < y < H - 1:
                 interior = True
-        frow[H] = nf
-        _label_runs(fx0, fx1, fy, frow, H, W, True, par, bb, border)
+        frow[y_last + 1] = nf
+        _label_runs(fx0, fx1, fy, frow, y_first, y_last, H, W, True, par, bb, border)
         best = 0.0
         for r in range(nf):
             if par[r] == r:
@@ -449,13 +459,16 @@ def _all_contours_runs(u8, levels, gt, n_gt, out):
         best_fg[j] = best
         if not interior:
             continue
+        # rows outside [y_first - 1, y_last + 1] are all background and reach the border: leave them out
+        ya = max(y_first - 1, 0)
+        yb = min(y_last + 1, H - 1)
         ng = 0
-        for y in range(H):
+        for y in range(ya, yb + 1):
             grow_[y] = ng
             fg = lut[u8[y, 0]] > j
             start = 0
-            e0 = cnt[j * H + y]
-            e1 = cnt[j * H + y + 1]
+            e0 = cnt[y * n + j]
+            e1 = cnt[y * n + j + 1]
             for e in range(e0, e1 + 1):
                 x = ev[e] if e < e1 else W
                 if not fg:
@@ -465,8 +478,8 @@ def _all_contours_runs(u8, levels, gt, n_gt, out):
                     ng += 1
                 start = x
                 fg = not fg
-        grow_[H] = ng
-        _label_runs(gx0, gx1, gy, grow_, H, W, False, par, bb, border)
+        grow_[yb + 1] = ng
+        _label_runs(gx0, gx1, gy, grow_, ya, yb, H, W, False, par, bb, border)
         best = 0.0
         for r in range(ng):
             if par[r] == r and not border[r]:
