@@ -532,8 +532,8 @@ def _prepare(scoremaps, gt_boxes, num_boxes, thresholds):
         raise ValueError("every image needs 1 <= num_boxes <= G ground-truth boxes")
     u8 = scoremap_to_uint8(scoremaps)  # (B, H, W)
     thresholds = np.asarray(thresholds, dtype=np.float64)
-    vmax = u8.reshape(B, -1).max(axis=1)
-    levels = np.stack([threshold_levels(thresholds, m) for m in vmax])  # (B, K)
+    vmax = u8.max(axis=(1, 2)) if B else np.zeros(0, np.int64)
+    levels = np.array([threshold_levels(thresholds, m) for m in vmax], np.int64).reshape(B, len(thresholds))
     return u8, np.ascontiguousarray(gt), n_gt, levels
 
 
@@ -711,8 +711,9 @@ def pxap_histograms(scoremaps, masks, thresholds=None) -> np.ndarray:
     edges = pxap_bin_edges(thresholds)
     if scoremaps.dtype not in (np.float32, np.float64):
         scoremaps = scoremaps.astype(np.float64)
-    scores = np.ascontiguousarray(scoremaps.reshape(B, -1))  # float32 is widened exactly in the kernel
-    m = np.ascontiguousarray(masks.reshape(B, -1)).astype(np.uint8, copy=False)
+    npix = int(np.prod(scoremaps.shape[1:]))
+    scores = np.ascontiguousarray(scoremaps.reshape(B, npix))  # float32 is widened exactly in the kernel
+    m = np.ascontiguousarray(masks.reshape(B, npix)).astype(np.uint8, copy=False)
     K = edges.shape[0] - 3
     if K < 1 or np.any(np.diff(edges) <= 0) or edges[0] < 0 or edges[K - 1] >= 1:
         raise ValueError("thresholds must be strictly increasing values in [0, 1)")

@@ -13,6 +13,7 @@ truncation, as wsoleval's pipeline does.
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -86,7 +87,9 @@ class _RowMetric(Metric):
     higher_is_better = True
 
     def _empty(self) -> bool:
-        return len(self.index) == 0 if isinstance(self.index, list) else self.index.numel() == 0
+        if isinstance(self.index, list):
+            return sum(t.numel() for t in self.index) == 0
+        return self.index.numel() == 0
 
 
 class BoxAccuracy(_RowMetric):
@@ -178,7 +181,8 @@ class PxAP(_RowMetric):
     the dataset-level pixel IoU ``tp / (tp + fp + fn)`` of the mask ``score >= t``, in percent.
 
     ``compute()`` keys: ``PxAP``, ``PIoU``, ``PIoU/best_threshold``, ``PxAP/precision`` (T,),
-    ``PxAP/recall`` (T,), ``PIoU/curve`` (T,, percent), ``PxAP/num_samples``; empty dict when no sample.
+    ``PxAP/recall`` (T,), ``PIoU/curve`` (T,, percent), ``PxAP/num_samples``; empty dict when no sample;
+    NaN values (and a RuntimeWarning) when no pixel is positive or none is predicted.
 
     Example:
         >>> m = PxAP(cam_thresholds=[0.0, 0.5])
@@ -209,8 +213,14 @@ class PxAP(_RowMetric):
             return {}
         (hist,) = _unique_rows(dim_zero_cat(self.index), dim_zero_cat(self.hist))
         total = hist.astype(np.int64).sum(axis=0)  # (2, T + 2)
-        r = pxap_from_histograms(total[0], total[1])
         f64 = torch.float64
+        try:
+            r = pxap_from_histograms(total[0], total[1])
+        except RuntimeError as err:  # no positive pixel, or nothing predicted: NaN, not a crashed run
+            warnings.warn(f"PxAP is undefined ({err}); returning NaN", RuntimeWarning, stacklevel=2)
+            nan = torch.tensor(float("nan"), dtype=f64)
+            return {"PxAP": nan, "PIoU": nan.clone(), "PIoU/best_threshold": nan.clone(),
+                    "PxAP/num_samples": torch.tensor(hist.shape[0])}
         return {
             "PxAP": torch.tensor(r["pxap"], dtype=f64),
             "PIoU": torch.tensor(r["piou"], dtype=f64),

@@ -264,3 +264,21 @@ def test_pxap_random_matches_reference():
         np.testing.assert_array_equal(hist[1], bg)
         assert r["pxap"] == auc
         assert r["piou"] == pytest.approx(piou, abs=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (2, 7), (3, 3)])
+def test_thin_maps_match_reference(shape):
+    rng = np.random.default_rng(sum(shape))
+    for _ in range(8):
+        m = rng.random(shape).astype(np.float32)
+        m[m < 0.3] = 0
+        gt = np.array([[0.0, 0.0, rng.uniform(0, shape[1]), rng.uniform(0, shape[0])]])
+        v2, v1 = both(m, gt)
+        np.testing.assert_array_equal(v2, ref_best_ious(m, gt, GRID, multi_contour=True))
+        np.testing.assert_array_equal(v1, ref_best_ious(m, gt, GRID, multi_contour=False))
+
+
+def test_empty_batch():
+    assert best_ious_all_contours(np.zeros((0, 5, 5), np.float32), np.zeros((0, 1, 4))).shape == (0, 100)
+    assert best_ious_largest_contour(np.zeros((0, 5, 5), np.float32), np.zeros((0, 1, 4))).shape == (0, 100)
+    assert pxap_histograms(np.zeros((0, 5, 5), np.float32), np.zeros((0, 5, 5), np.uint8)).shape == (0, 2, 102)

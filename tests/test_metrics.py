@@ -182,3 +182,16 @@ def test_update_rejects_bad_inputs():
         m.update(data["cams"], data["boxes"], torch.tensor([0, 1]), data["index"])
     with pytest.raises(ValueError, match="masks"):
         PxAP().update(data["cams"], data["masks"][:, :-1], data["index"])
+
+
+def test_empty_batches_and_undefined_pxap():
+    wm = WSOLMetrics(masks=True)
+    z = torch.zeros(0, dtype=torch.long)
+    wm.update(torch.zeros(0, 5, 5), boxes=torch.zeros(0, 1, 4), num_boxes=z, masks=torch.zeros(0, 5, 5, dtype=torch.uint8),
+              logits=torch.zeros(0, 3), labels=z, index=z)
+    assert wm.compute() == {}
+    p = PxAP()
+    p.update(torch.rand(2, 4, 4), torch.zeros(2, 4, 4, dtype=torch.uint8), torch.arange(2))  # no positive pixel
+    with pytest.warns(RuntimeWarning, match="PxAP is undefined"):
+        out = p.compute()
+    assert torch.isnan(out["PxAP"]) and torch.isnan(out["PIoU"])
