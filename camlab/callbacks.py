@@ -32,6 +32,10 @@ class CAMLocalization(L.Callback):
     yields; the loader does not shuffle, so the sample is the same every epoch) as a PNG grid under
     ``output_dir`` and sends it to TensorBoard / W&B when those loggers are active. The per-threshold curves
     go to ``output_dir/curves_<stage>_epoch<NNN>.csv`` and a PNG plot.
+
+    ``max_box_acc`` names the stages that also compute MaxBoxAcc (largest contour, IoU 50). Its box needs the
+    polygon area of every contour at every threshold (OpenCV once per threshold level, ~4 ms per 64 px image),
+    so by default it runs on the test split only; MaxBoxAccV2, PxAP and top-k loc run every validation epoch.
     """
 
     def __init__(
@@ -44,7 +48,7 @@ class CAMLocalization(L.Callback):
         output_dir: str | None = None,
         log_images: bool = True,
         write_curves: bool = True,
-        max_box_acc: bool = True,
+        max_box_acc: tuple[str, ...] | list[str] | bool = ("test",),
         topk: tuple[int, ...] | list[int] = (1, 5),
     ) -> None:
         super().__init__()
@@ -58,20 +62,25 @@ class CAMLocalization(L.Callback):
         self.output_dir = Path(output_dir) if output_dir else None
         self.log_images = log_images
         self.write_curves = write_curves
-        self.max_box_acc = bool(max_box_acc)
+        if isinstance(max_box_acc, bool):
+            max_box_acc = ("val", "test") if max_box_acc else ()
+        unknown = set(max_box_acc) - {"val", "test"}
+        if unknown:
+            raise ValueError(f"max_box_acc lists stages among 'val', 'test'; got {sorted(unknown)}")
+        self.max_box_acc = tuple(max_box_acc)
         self.topk = tuple(int(k) for k in topk)
         self._metrics: dict[str, Any] = {}
         self._overlays: list[OverlaySample] = []
         self.last_results: dict[str, dict[str, float]] = {}
 
     # ---- metric objects ------------------------------------------------------------------------------
-    def _new_metrics(self) -> Any:
+    def _new_metrics(self, stage: str) -> Any:
         from camlab.metrics import WSOLMetrics
 
         return WSOLMetrics(
             cam_thresholds=self.grid_interval,
             iou_thresholds=self.iou_thresholds,
-            max_box_acc=self.max_box_acc,
+            max_box_acc=stage in self.max_box_acc,
             masks=True,
             topk=self.topk,
             loc_cam_threshold=self.cam_threshold,
@@ -83,12 +92,12 @@ class CAMLocalization(L.Callback):
         num_classes = getattr(pl_module, "num_classes", None)
         if num_classes is not None:
             self.topk = tuple(k for k in self.topk if k <= num_classes)
-        self._metrics = {s: self._new_metrics().to(pl_module.device) for s in ("val", "test")}
+        self._metrics = {s: self._new_metrics(s).to(pl_module.device) for s in ("val", "test")}
 
     def _stage_metrics(self, stage: str, pl_module: L.LightningModule) -> Any:
         m = self._metrics.get(stage)
         if m is None:
-            m = self._metrics[stage] = self._new_metrics()
+            m = self._metrics[stage] = self._new_metrics(stage)
         return m.to(pl_module.device)
 
     # ---- per batch -----------------------------------------------------------------------------------

@@ -121,6 +121,8 @@ def cleanup_distributed() -> None:
 
 def quiet_duplicate_lightning_logs() -> None:
     """Lightning installs its own console handler at import; under Hydra's logging every line then shows twice."""
+    import lightning.pytorch  # noqa: F401  (import first, so its handler exists and can be removed)
+
     for name in ("lightning.pytorch", "lightning.fabric"):
         lg = logging.getLogger(name)
         for handler in list(lg.handlers):
