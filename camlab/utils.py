@@ -123,7 +123,7 @@ def quiet_duplicate_lightning_logs() -> None:
     """Lightning installs its own console handler at import; under Hydra's logging every line then shows twice."""
     import lightning.pytorch  # noqa: F401  (import first, so its handler exists and can be removed)
 
-    for name in ("lightning.pytorch", "lightning.fabric"):
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "torchmetrics"):
         lg = logging.getLogger(name)
         for handler in list(lg.handlers):
             if type(handler) is logging.StreamHandler:
