@@ -46,16 +46,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
+    ckpt_path = resolve_ckpt_path(cfg)
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    else:
+        if ckpt_path is None:
+            log.warning("train=false and no ckpt_path: validating randomly initialised weights")
+        trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
     if cfg.get("test", False):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
-        ckpt = best if best and cfg.get("train", True) else None
-        if not cfg.get("train", True) and cfg.get("ckpt_path"):
-            ckpt = resolve_ckpt_path(cfg)
-        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
+        test_ckpt = best if (cfg.get("train", True) and best) else ckpt_path
+        trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
 
     print_run_summary(cfg, trainer, metrics)

@@ -1,0 +1,46 @@
+"""DDP through the real train app: 2 gloo CPU processes on an odd-sized validation set give exactly the
+single-process localization metrics (DistributedSampler pads 41 samples to 42; camlab de-duplicates by index)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from tests.test_train_app import TINY, only_dir, run
+
+
+def last_val_row(run_dir: Path) -> dict[str, float]:
+    rows = [r for r in csv.DictReader(open(run_dir / "csv" / "metrics.csv")) if r.get("val/loc/MaxBoxAccV2")]
+    assert rows, f"no validation metrics in {run_dir}"
+    return {k: float(v) for k, v in rows[-1].items() if k.startswith("val/loc/") and v != ""}
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_equal_single_process_on_odd_val_set(tmp_path):
+    # 1. a short single-process training run gives a checkpoint
+    res = run(["debug=limit", "trainer.max_epochs=1", "test=false", "task_name=fit", *TINY], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = only_dir(tmp_path / "outputs" / "fit" / "runs") / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+
+    common = ["train=false", "test=false", f"ckpt_path={ckpt}", "data.num_val=41", "data.eval_batch_size=8",
+              "callbacks.cam_localization.max_box_acc=[val]", *TINY[:1], *TINY[3:]]
+    # 2. validation in one process
+    res = run([*common, "task_name=single"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    single = last_val_row(only_dir(tmp_path / "outputs" / "single" / "runs"))
+    # 3. the same validation in 2 DDP processes (gloo on CPU), launched by Lightning from the Hydra app
+    res = run([*common, "task_name=ddp", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"],
+              cwd=tmp_path, timeout=400)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ddp_dir = only_dir(tmp_path / "outputs" / "ddp" / "runs")
+    ddp = last_val_row(ddp_dir)
+
+    for key in ["val/loc/MaxBoxAccV2", "val/loc/MaxBoxAcc", "val/loc/PxAP", "val/loc/gt_known_loc",
+                "val/loc/top1_loc"]:
+        assert key in single, key
+    assert ddp == single
+    # both ranks ran inside this job's dir: rank 1's Hydra log is there, no second run dir was created
+    assert (ddp_dir / "train_ddp_process_1.log").is_file()
