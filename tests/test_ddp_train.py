@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_train_app import TINY, only_dir, run
+from test_train_app import TINY, only_dir, run
 
 
 def last_val_row(run_dir: Path) -> dict[str, float]:
