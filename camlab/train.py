@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -33,6 +34,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import torch
     from hydra.utils import instantiate
 
+    from hydra.core.hydra_config import HydraConfig
+
+    rank = int(os.environ.get("LOCAL_RANK", 0))
+    log.info("rank %d overrides: %s", rank, " ".join(HydraConfig.get().overrides.task))
     L.seed_everything(cfg.seed, workers=True)
     if cfg.trainer.get("accelerator") == "cpu":
         torch.set_float32_matmul_precision("high")

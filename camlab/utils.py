@@ -85,7 +85,8 @@ def install_ddp_child_command(module: str) -> None:
     second sweep dir (and with the Optuna sweeper ranks would train different hyperparameters). The child
     gets the job's concrete overrides (``HydraConfig.overrides.task``) and ``hydra.run.dir`` = the job's dir.
     """
-    from lightning.fabric.strategies.launchers import subprocess_script
+    from lightning.fabric.strategies.launchers import subprocess_script as fabric_launcher
+    from lightning.pytorch.strategies.launchers import subprocess_script as pytorch_launcher
 
     def _child_command(local_rank: int) -> tuple[list[str], str]:
         from hydra.core.hydra_config import HydraConfig
@@ -102,7 +103,9 @@ def install_ddp_child_command(module: str) -> None:
         ]
         return command, get_original_cwd()
 
-    subprocess_script._hydra_subprocess_cmd = _child_command
+    # Both modules hold a reference (the pytorch one imports the fabric function by name).
+    fabric_launcher._hydra_subprocess_cmd = _child_command
+    pytorch_launcher._hydra_subprocess_cmd = _child_command
 
 
 def cleanup_distributed() -> None:

@@ -44,3 +44,21 @@ def test_ddp_two_processes_equal_single_process_on_odd_val_set(tmp_path):
     assert ddp == single
     # both ranks ran inside this job's dir: rank 1's Hydra log is there, no second run dir was created
     assert (ddp_dir / "train_ddp_process_1.log").is_file()
+
+
+@pytest.mark.slow
+def test_multirun_times_ddp_runs_each_job_once_with_both_ranks_in_its_dir(tmp_path):
+    args = ["-m", "model.optimizer.lr=0.001,0.003", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+            "debug=limit", "trainer.max_epochs=1", "test=false", "data.num_val=33", *TINY]
+    res = run(args, cwd=tmp_path, timeout=500)
+    assert res.returncode == 0, res.stderr[-3000:]
+    sweep = only_dir(tmp_path / "outputs" / "train" / "multiruns")  # exactly one sweep dir
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [j.name for j in jobs] == ["0", "1"]
+    for job, lr in zip(jobs, ["0.001", "0.003"]):
+        rank0 = (job / "train.log").read_text()
+        rank1 = (job / "train_ddp_process_1.log").read_text()
+        for text, rank in ((rank0, 0), (rank1, 1)):
+            line = next(ln for ln in text.splitlines() if f"rank {rank} overrides:" in ln)
+            assert f"model.optimizer.lr={lr}" in line, line
+        assert (job / "csv" / "metrics.csv").is_file()
