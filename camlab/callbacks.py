@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -199,8 +200,9 @@ class CAMLocalization(L.Callback):
         if stage == "val" and self._overlays:
             grid = render_grid(self._overlays)
             if out is not None:
-                grid.save(out / f"overlay_epoch{epoch:03d}.png")
-                grid.save(out / "overlay_latest.png")
+                epoch_png = out / f"overlay_epoch{epoch:03d}.png"
+                grid.save(epoch_png, compress_level=1)
+                shutil.copyfile(epoch_png, out / "overlay_latest.png")
             if self.log_images:
                 self._log_images(trainer, grid, curves)
 

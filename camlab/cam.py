@@ -57,9 +57,10 @@ def minmax_normalize(cams: Tensor) -> Tensor:
     >>> minmax_normalize(torch.tensor([[[1.0, 3.0]], [[2.0, 2.0]]])).tolist()
     [[[0.0, 1.0]], [[0.0, 0.0]]]
     """
-    flat = cams.flatten(1)
-    lo = flat.amin(dim=1).view(-1, 1, 1)
-    hi = flat.amax(dim=1).view(-1, 1, 1)
-    bad = (hi <= lo) | torch.isnan(flat).any(dim=1).view(-1, 1, 1)
-    out = (cams - lo) / torch.where(bad, torch.ones_like(hi), hi - lo)
-    return torch.where(bad, torch.zeros_like(out), out)
+    lo, hi = torch.aminmax(cams.flatten(1), dim=1)  # (B,), (B,); a NaN anywhere propagates to both
+    bad = ~(hi > lo)  # constant map, or NaN (every comparison with NaN is False)
+    denom = torch.where(bad, torch.ones_like(hi), hi - lo)
+    out = (cams - lo.view(-1, 1, 1)) / denom.view(-1, 1, 1)  # subtract, then divide: as the WSOL benchmark
+    if bool(bad.any()):
+        out[bad] = 0.0
+    return out
