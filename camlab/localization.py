@@ -532,8 +532,9 @@ def _prepare(scoremaps, gt_boxes, num_boxes, thresholds):
         raise ValueError("every image needs 1 <= num_boxes <= G ground-truth boxes")
     u8 = scoremap_to_uint8(scoremaps)  # (B, H, W)
     thresholds = np.asarray(thresholds, dtype=np.float64)
-    vmax = u8.max(axis=(1, 2)) if B else np.zeros(0, np.int64)
-    levels = np.array([threshold_levels(thresholds, m) for m in vmax], np.int64).reshape(B, len(thresholds))
+    vmax = u8.reshape(B, -1).max(axis=1) if u8.size else np.zeros(B, np.int64)
+    # int(float(t) * int(max)) per image: the same float64 products, truncated toward zero
+    levels = np.trunc(vmax.astype(np.float64)[:, None] * thresholds[None, :]).astype(np.int64)
     return u8, np.ascontiguousarray(gt), n_gt, levels
 
 

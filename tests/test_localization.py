@@ -282,3 +282,17 @@ def test_empty_batch():
     assert best_ious_all_contours(np.zeros((0, 5, 5), np.float32), np.zeros((0, 1, 4))).shape == (0, 100)
     assert best_ious_largest_contour(np.zeros((0, 5, 5), np.float32), np.zeros((0, 1, 4))).shape == (0, 100)
     assert pxap_histograms(np.zeros((0, 5, 5), np.float32), np.zeros((0, 5, 5), np.uint8)).shape == (0, 2, 102)
+
+
+def test_batch_levels_equal_threshold_levels():
+    # the vectorized per-image cut levels of the fast path equal int(t * u8.max()) threshold by threshold
+    from camlab.localization import _prepare, threshold_levels
+
+    rng = np.random.default_rng(5)
+    maps = rng.random((40, 7, 9)).astype(np.float32) * rng.random((40, 1, 1)).astype(np.float32)
+    maps[0] = 0.0
+    maps[1, 0, 0] = 1.0
+    for thresholds in (GRID, threshold_grid(0.05), np.sort(rng.random(37))):
+        u8, _, _, levels = _prepare(maps, np.zeros((40, 1, 4)), None, thresholds)
+        for i in range(40):
+            np.testing.assert_array_equal(levels[i], threshold_levels(thresholds, int(u8[i].max())))
