@@ -18,6 +18,7 @@ from camlab.utils import (
     ConfigError,
     cleanup_distributed,
     describe_error,
+    finish_experiment_trackers,
     install_ddp_child_command,
     instantiate_group,
     print_run_summary,
@@ -85,6 +86,7 @@ def main(cfg: DictConfig) -> float | None:
             raise
         raise SystemExit(f"camlab: error: {message}") from None
     finally:
+        finish_experiment_trackers()
         cleanup_distributed()
     value = metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
     if value is None or (isinstance(value, float) and math.isnan(value)):

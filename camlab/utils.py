@@ -108,6 +108,13 @@ def install_ddp_child_command(module: str) -> None:
     pytorch_launcher._hydra_subprocess_cmd = _child_command
 
 
+def finish_experiment_trackers() -> None:
+    """End the job's W&B run, so the next job of a multirun starts its own run instead of reusing this one."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
 def cleanup_distributed() -> None:
     """After a job: destroy the process group and forget the DDP env, so the next multirun job starts clean."""
     try:

@@ -148,3 +148,33 @@ def test_missing_pretrained_file_is_one_readable_line(tmp_path):
     assert res.returncode != 0
     assert "Traceback" not in res.stderr
     assert "/no/such/w.pth" in res.stderr
+
+
+@pytest.mark.slow
+def test_wandb_multirun_gives_one_offline_run_per_job(tmp_path):
+    res = run(["-m", "logger=wandb", "model.optimizer.lr=0.001,0.003", "debug=limit", "trainer.max_epochs=1",
+               "test=false", *TINY], cwd=tmp_path, env={"WANDB_MODE": "offline"}, timeout=400)
+    assert res.returncode == 0, res.stderr[-3000:]
+    sweep = only_dir(tmp_path / "outputs" / "train" / "multiruns")
+    run_ids = set()
+    for job in ("0", "1"):
+        offline = list((sweep / job / "wandb").glob("offline-run-*"))
+        assert len(offline) == 1, (job, offline)
+        run_ids.add(offline[0].name.rsplit("-", 1)[1])
+        assert list((offline[0] / "files" / "media" / "images").rglob("*.png"))
+    assert len(run_ids) == 2  # two distinct W&B runs, not one reused
+
+
+@pytest.mark.slow
+def test_tensorboard_gets_the_overlay_image(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    res = run(["logger=tensorboard", "debug=limit", "trainer.max_epochs=1", "test=false", *TINY], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run_dir = only_dir(tmp_path / "outputs" / "train" / "runs")
+    events = list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent), size_guidance={"images": 0})
+    acc.Reload()
+    assert "val/cam_overlays" in acc.Tags()["images"]
+    assert "val/loc/MaxBoxAccV2" in acc.Tags()["scalars"]
