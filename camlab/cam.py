@@ -43,9 +43,18 @@ def all_class_activation_maps(features: Tensor, weight: Tensor) -> Tensor:
     return torch.einsum("bkhw,ck->bchw", features, weight.to(features.dtype))
 
 
-def upsample(cams: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear upsampling of ``(B, h, w)`` maps to ``(B, H, W)`` (``align_corners=False``)."""
-    return F.interpolate(cams.unsqueeze(1).float(), size=size, mode="bilinear", align_corners=False).squeeze(1)
+def upsample(cams: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
+    """Resize ``(B, h, w)`` maps to ``(B, H, W)``; bilinear with ``align_corners=False`` by default.
+
+    ``mode`` is any ``F.interpolate`` mode ("bilinear", "bicubic", "nearest", ...).
+
+    >>> upsample(torch.tensor([[[0.0, 1.0]]]), (1, 4))
+    tensor([[[0.0000, 0.2500, 0.7500, 1.0000]]])
+    """
+    if cams.ndim != 3:
+        raise ValueError(f"cams must be (B, h, w), got shape {tuple(cams.shape)}")
+    kwargs = {} if mode in ("nearest", "nearest-exact", "area") else {"align_corners": False}
+    return F.interpolate(cams.unsqueeze(1).float(), size=tuple(size), mode=mode, **kwargs).squeeze(1)
 
 
 def minmax_normalize(cams: Tensor) -> Tensor:
@@ -54,9 +63,11 @@ def minmax_normalize(cams: Tensor) -> Tensor:
     A map containing a NaN, or a constant map (max == min), becomes all zeros: the convention of the public
     WSOL benchmark (Choe et al. 2020), which makes such a map predict no object rather than the whole image.
 
-    >>> minmax_normalize(torch.tensor([[[1.0, 3.0]], [[2.0, 2.0]]])).tolist()
-    [[[0.0, 1.0]], [[0.0, 0.0]]]
+    >>> minmax_normalize(torch.tensor([[[1.0, 3.0]], [[2.0, 2.0]], [[0.0, float("nan")]]])).tolist()
+    [[[0.0, 1.0]], [[0.0, 0.0]], [[0.0, 0.0]]]
     """
+    if cams.ndim != 3:
+        raise ValueError(f"cams must be (B, H, W), got shape {tuple(cams.shape)}")
     lo, hi = torch.aminmax(cams.flatten(1), dim=1)  # (B,), (B,); a NaN anywhere propagates to both
     bad = ~(hi > lo)  # constant map, or NaN (every comparison with NaN is False)
     denom = torch.where(bad, torch.ones_like(hi), hi - lo)

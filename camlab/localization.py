@@ -40,8 +40,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numba import njit, prange
+
+from camlab.cam import minmax_normalize, upsample
 
 __all__ = [
     "normalize_cams",
@@ -65,63 +66,9 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------
 # score maps
 # ----------------------------------------------------------------------------------------------------
-def normalize_cams(cams: torch.Tensor) -> torch.Tensor:
-    """Min-max normalize each map of a batch to [0, 1].
-
-    A map containing a NaN, or whose min equals its max, becomes all zeros (wsoleval's rule).
-
-    Args:
-        cams: (B, H, W) float tensor.
-
-    Returns:
-        (B, H, W) tensor of the same dtype, values in [0, 1].
-
-    Example:
-        >>> cams = torch.tensor([[[1.0, 3.0], [2.0, 5.0]], [[4.0, 4.0], [4.0, 4.0]],
-        ...                      [[0.0, float("nan")], [1.0, 2.0]]])
-        >>> normalize_cams(cams)
-        tensor([[[0.0000, 0.5000],
-                 [0.2500, 1.0000]],
-        <BLANKLINE>
-                [[0.0000, 0.0000],
-                 [0.0000, 0.0000]],
-        <BLANKLINE>
-                [[0.0000, 0.0000],
-                 [0.0000, 0.0000]]])
-    """
-    if cams.ndim != 3:
-        raise ValueError(f"cams must be (B, H, W), got shape {tuple(cams.shape)}")
-    flat = cams.flatten(1)  # (B, HW)
-    has_nan = torch.isnan(flat).any(dim=1)  # (B,)
-    safe = torch.nan_to_num(flat, nan=0.0)
-    lo = safe.min(dim=1, keepdim=True).values  # (B, 1)
-    hi = safe.max(dim=1, keepdim=True).values
-    span = hi - lo
-    ok = (~has_nan) & (span.squeeze(1) > 0)  # (B,)
-    out = (safe - lo) / torch.where(span > 0, span, torch.ones_like(span))
-    out = torch.where(ok[:, None], out, torch.zeros_like(out))
-    return out.view_as(cams)
-
-
-def upsample_cams(cams: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
-    """Resize a batch of maps to ``size = (H, W)`` (``align_corners=False``).
-
-    Args:
-        cams: (B, h, w) float tensor.
-        size: target (H, W).
-        mode: any ``F.interpolate`` mode ("bilinear", "bicubic", "nearest", ...).
-
-    Returns:
-        (B, H, W) tensor.
-
-    Example:
-        >>> upsample_cams(torch.tensor([[[0.0, 1.0]]]), (1, 4))
-        tensor([[[0.0000, 0.2500, 0.7500, 1.0000]]])
-    """
-    if cams.ndim != 3:
-        raise ValueError(f"cams must be (B, h, w), got shape {tuple(cams.shape)}")
-    kwargs = {} if mode in ("nearest", "nearest-exact", "area") else {"align_corners": False}
-    return F.interpolate(cams[:, None], size=tuple(size), mode=mode, **kwargs)[:, 0]
+# One implementation, in camlab.cam; re-exported here under the names the metric docs use.
+normalize_cams = minmax_normalize
+upsample_cams = upsample
 
 
 def threshold_grid(interval: float = 0.01) -> np.ndarray:
