@@ -50,4 +50,4 @@ def test_default_experiment_is_the_cpu_synthetic_tiny_cnn():
     assert cfg.data._target_ == "camlab.data.WSOLDataModule"
     assert cfg.trainer.accelerator == "cpu"
     assert list(cfg.logger) == ["csv"]
-    assert cfg.optimized_metric == "val/loc/MaxBoxAccV2"
+    assert cfg.optimized_metric == "val/loc/top1_loc"
