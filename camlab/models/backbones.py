@@ -23,6 +23,7 @@ input; camlab disables it, so feed Inception with mean = std = (0.5, 0.5, 0.5) w
 
 from __future__ import annotations
 
+import abc
 import inspect
 import math
 import os
@@ -64,7 +65,7 @@ def available_backbones() -> list[str]:
     return list(_BACKBONES)
 
 
-class Backbone(nn.Module):
+class Backbone(nn.Module, abc.ABC):
     """Base class: the contract attributes plus the pretrained-loading metadata."""
 
     num_features: int
@@ -88,8 +89,9 @@ class Backbone(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         return self(x)
 
+    @abc.abstractmethod
     def _forward(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The architecture's features ``(N, K, h, w)``; input size already checked by ``forward``."""
 
     def output_size(self, input_size: int) -> int:
         """Exact feature-map side for an input side (``ceil(input / stride)`` for 'same'-padded
