@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from camlab.cam import minmax_normalize, upsample
+from camlab.cam_methods import check_method, compute_cams
 from camlab.viz import OverlaySample, denormalize, render_grid
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,11 @@ class CAMLocalization(L.Callback):
     ``max_box_acc`` names the stages that also compute MaxBoxAcc (largest contour, IoU 50). Its box needs the
     polygon area of every contour at every threshold (OpenCV once per threshold level, ~4 ms per 64 px image),
     so by default it runs on the test split only; MaxBoxAccV2, PxAP and top-k loc run every validation epoch.
+
+    ``cam_method`` picks how the maps are built from those features (:data:`camlab.cam_methods.METHODS`):
+    ``"cam"`` (the linear head's CAM), ``"gradcam"``, ``"gradcam_pp"``, ``"xgradcam"``, ``"layercam"``; the
+    gradient methods re-run only the pooling + head with autograd (see :mod:`camlab.cam_methods`). Metrics,
+    curves and overlays all use the same method.
     """
 
     def __init__(
@@ -51,6 +57,7 @@ class CAMLocalization(L.Callback):
         write_curves: bool = True,
         max_box_acc: tuple[str, ...] | list[str] | bool = ("test",),
         topk: tuple[int, ...] | list[int] = (1, 5),
+        cam_method: str = "cam",
     ) -> None:
         super().__init__()
         if not 0.0 <= cam_threshold < 1.0:
@@ -70,6 +77,7 @@ class CAMLocalization(L.Callback):
             raise ValueError(f"max_box_acc lists stages among 'val', 'test'; got {sorted(unknown)}")
         self.max_box_acc = tuple(max_box_acc)
         self.topk = tuple(int(k) for k in topk)
+        self.cam_method = check_method(cam_method)
         self._metrics: dict[str, Any] = {}
         self._overlays: list[OverlaySample] = []
         self.last_results: dict[str, dict[str, float]] = {}
@@ -113,7 +121,7 @@ class CAMLocalization(L.Callback):
         labels = batch["label"]
         size = tuple(batch["image"].shape[-2:])
         with torch.no_grad():
-            cams_gt = minmax_normalize(upsample(pl_module.cam(features, labels), size))  # (B, H, W)
+            cams_gt = minmax_normalize(upsample(self._raw_cams(pl_module, features, labels), size))  # (B, H, W)
             metrics = self._stage_metrics(stage, pl_module)
             metrics.update(
                 cams=cams_gt,
@@ -126,6 +134,11 @@ class CAMLocalization(L.Callback):
             )
             if stage == "val" and trainer.is_global_zero and len(self._overlays) < self.num_overlays:
                 self._collect_overlays(trainer, pl_module, features, logits, batch, size)
+
+    def _raw_cams(self, pl_module: L.LightningModule, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        if self.cam_method == "cam":
+            return pl_module.cam(features, classes)  # (B, h, w): the default path, one einsum
+        return compute_cams(pl_module, features, classes, self.cam_method)  # (B, h, w)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if trainer.sanity_checking:
@@ -169,7 +182,7 @@ class CAMLocalization(L.Callback):
         probs = logits.softmax(dim=1)
         score, pred = probs.max(dim=1)
         take = min(self.num_overlays - len(self._overlays), logits.shape[0])
-        cams = minmax_normalize(upsample(pl_module.cam(features[:take], pred[:take]), size)).cpu().numpy()
+        cams = minmax_normalize(upsample(self._raw_cams(pl_module, features[:take], pred[:take]), size)).cpu().numpy()
         for i in range(take):
             gt = batch["boxes"][i, : int(batch["num_boxes"][i])].tolist() if "boxes" in batch else []
             label, p = int(batch["label"][i]), int(pred[i])
