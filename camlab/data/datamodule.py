@@ -12,7 +12,7 @@ import lightning.pytorch as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from camlab.data.collate import collate_wsol
+from camlab.data.records import collate_skipping
 
 DatasetLike = Union[Dataset, Callable[[], Dataset], None]
 _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
@@ -124,6 +124,13 @@ class WSOLDataModule(L.LightningDataModule):
             if self._sources[split] is not None:
                 self.dataset(split)
 
+    def teardown(self, stage: str | None = None) -> None:
+        """Report what the datasets clipped or skipped (``report()`` of the on-disk datasets) at the end."""
+        for ds in self._built.values():
+            report = getattr(ds, "report", None)
+            if callable(report):
+                report()
+
     # ---------------------------------------------------------------------------------------- metadata
     @property
     def num_classes(self) -> int:
@@ -165,7 +172,7 @@ class WSOLDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
-            collate_fn=collate_wsol,
+            collate_fn=collate_skipping,  # collate_wsol minus images skipped as unreadable
             generator=generator,
         )
 

@@ -1,0 +1,208 @@
+"""Your own data: a folder of images plus one annotation file, COCO-style JSON or a simple CSV.
+
+COCO JSON (``images``, ``annotations``, ``categories``): boxes ``bbox: [x, y, width, height]`` in pixels
+(continuous: ``x + width`` is one past the last pixel), masks as ``segmentation`` polygons or RLE
+(compressed or not) or a PNG per image (``"mask_file"`` on the image entry; nonzero = object). Classes are the
+``categories`` sorted by id (class index = position). An image's label is the category of its
+annotations (all must agree) or, for an image without annotations, its own ``"category_id"``.
+
+CSV ``path,label,x0,y0,x1,y1`` (an optional header row may add ``split`` and ``mask`` columns): one row per
+box, repeated for several boxes; empty box fields for an image without a box. ``label`` is a class index
+(0-based, checked against ``num_classes``) or a class name (indices follow ``classes`` if given, else the
+sorted names).
+
+Splits: an image's ``"split"`` key / ``split`` column (train, val, test) when present, else a deterministic
+random split of the images by ``val_fraction`` / ``test_fraction`` / ``seed``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from camlab.data.masks import MaskSpec
+from camlab.data.records import SPLITS, DataError, Record, RecordDataset, assign_split, require
+
+COCO_LAYOUT = (
+    "<root>/<images...> and an annotation JSON {images: [{id, file_name, width, height, [split], [mask_file], "
+    "[category_id]}], annotations: [{image_id, category_id, bbox: [x, y, w, h], [segmentation]}], "
+    "categories: [{id, name}]}"
+)
+CSV_LAYOUT = "<root>/<images...> and a CSV with rows 'path,label,x0,y0,x1,y1' (optional header: + split, mask)"
+
+
+def _split_filter(records: list[tuple[str | None, Record]], split: str, where: str, fractions: tuple[float, float, int]):
+    """Keep the records of ``split``: by their own split field when any has one, else a random split."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    given = [s for s, _ in records if s]
+    if given:
+        for s, r in records:
+            if s not in SPLITS:
+                raise DataError(f"{where}: {r.source} has split {s!r}; expected one of {SPLITS} on every image")
+        return [r for s, r in records if s == split]
+    chosen = assign_split([r.path for _, r in records], split, *fractions)
+    return [r for _, r in records if r.path in chosen]
+
+
+# ------------------------------------------------------------------------------------------------- COCO
+def read_coco(
+    root: str | Path, annotations: str | Path, split: str, val_fraction: float = 0.2, test_fraction: float = 0.2,
+    seed: int = 0,
+) -> tuple[list[Record], list[str]]:
+    """Records of one split of a COCO-style annotation file, and the category names."""
+    root = require(root, "image root", COCO_LAYOUT)
+    ann_path = require(root / annotations, "COCO annotation file", COCO_LAYOUT)
+    try:
+        data = json.loads(ann_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{ann_path} is not valid JSON: {err}") from None
+    for key in ("images", "categories"):
+        if key not in data:
+            raise DataError(f"{ann_path} has no '{key}' list. Expected: {COCO_LAYOUT}")
+    categories = sorted(data["categories"], key=lambda c: c["id"])
+    index_of = {c["id"]: k for k, c in enumerate(categories)}
+    names = [str(c.get("name", c["id"])) for c in categories]
+
+    per_image: dict[Any, list[tuple[int, dict]]] = {}
+    for n, ann in enumerate(data.get("annotations", [])):
+        where = f"{ann_path.name} annotations[{n}] (id {ann.get('id', '?')})"
+        if ann.get("category_id") not in index_of:
+            raise DataError(f"{where}: category_id {ann.get('category_id')!r} is not in categories {sorted(index_of)}")
+        per_image.setdefault(ann.get("image_id"), []).append((n, ann))
+
+    records: list[tuple[str | None, Record]] = []
+    for n, img in enumerate(data["images"]):
+        where = f"{ann_path.name} images[{n}] ({img.get('file_name')})"
+        anns = per_image.pop(img["id"], [])
+        classes = {a["category_id"] for _, a in anns}
+        if not anns and "category_id" in img:
+            if img["category_id"] not in index_of:
+                raise DataError(f"{where}: category_id {img['category_id']!r} is not in categories {sorted(index_of)}")
+            classes = {img["category_id"]}
+        if len(classes) != 1:
+            raise DataError(
+                f"{where}: {'no annotation and no category_id' if not classes else f'annotations of several categories {sorted(classes)}'}"
+                f"; each image needs exactly one class"
+            )
+        boxes, polygons, rles = [], [], []
+        for k, a in anns:
+            seg = a.get("segmentation")
+            if isinstance(seg, list):
+                polygons += [tuple(p) for p in seg]
+            elif isinstance(seg, dict):
+                rles.append(seg)
+            if a.get("bbox") is not None:
+                x, y, w, h = (float(v) for v in a["bbox"])
+                boxes.append((x, y, x + w, y + h))
+            elif isinstance(seg, list) and seg:
+                xs = [v for p in seg for v in p[0::2]]
+                ys = [v for p in seg for v in p[1::2]]
+                boxes.append((min(xs), min(ys), max(xs), max(ys)))
+            else:
+                raise DataError(f"{ann_path.name} annotations[{k}]: needs a bbox (or a polygon segmentation)")
+        size = (int(img["width"]), int(img["height"])) if "width" in img and "height" in img else None
+        mask = None
+        if img.get("mask_file") or polygons or rles:
+            if polygons and size is None:
+                raise DataError(f"{where}: polygon masks need the image's width and height")
+            files = (str(root / img["mask_file"]),) if img.get("mask_file") else ()
+            mask = MaskSpec(files=files, polygons=tuple(polygons), rles=tuple(rles), source_size=size)
+        records.append((img.get("split"), Record(
+            path=str(root / img["file_name"]), label=index_of[classes.pop()],
+            boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4), size=size, mask=mask, source=where,
+        )))
+    if per_image:
+        raise DataError(f"{ann_path.name}: annotations refer to image_id {next(iter(per_image))!r}, not in images")
+    return _split_filter(records, split, str(ann_path), (val_fraction, test_fraction, seed)), names
+
+
+class COCODataset(RecordDataset):
+    """A folder of images + a COCO-style JSON (see :func:`read_coco`); keyword arguments of RecordDataset."""
+
+    def __init__(self, root: str, annotations: str, split: str = "train", val_fraction: float = 0.2,
+                 test_fraction: float = 0.2, seed: int = 0, **kwargs: Any) -> None:
+        records, names = read_coco(root, annotations, split, val_fraction, test_fraction, seed)
+        kwargs.setdefault("name", f"COCO {annotations}")
+        super().__init__(records, names, split=split, inclusive_boxes=False, **kwargs)
+
+
+# -------------------------------------------------------------------------------------------------- CSV
+def read_csv(
+    root: str | Path, annotations: str | Path, split: str, classes: Sequence[str] | None = None,
+    num_classes: int | None = None, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
+) -> tuple[list[Record], list[str]]:
+    """Records of one split of a ``path,label,x0,y0,x1,y1`` CSV, and the class names."""
+    root = require(root, "image root", CSV_LAYOUT)
+    ann_path = require(root / annotations, "CSV annotation file", CSV_LAYOUT)
+    with open(ann_path, newline="", encoding="utf-8") as f:
+        rows = [(i, [c.strip() for c in row]) for i, row in enumerate(csv.reader(f), 1) if any(c.strip() for c in row)]
+    if not rows:
+        raise DataError(f"{ann_path} is empty. Expected: {CSV_LAYOUT}")
+    columns = ["path", "label", "x0", "y0", "x1", "y1"]
+    if rows[0][1][0].lower() == "path":
+        columns = [c.lower() for c in rows[0][1]]
+        missing = [c for c in ("path", "label", "x0", "y0", "x1", "y1") if c not in columns]
+        if missing:
+            raise DataError(f"{ann_path} line 1: header lacks {missing}. Expected: {CSV_LAYOUT}")
+        rows = rows[1:]
+    col = {c: k for k, c in enumerate(columns)}
+
+    parsed = []
+    for i, row in rows:
+        if len(row) != len(columns):
+            raise DataError(f"{ann_path} line {i}: expected {len(columns)} fields ({','.join(columns)}), got {len(row)}")
+        coords = [row[col[c]] for c in ("x0", "y0", "x1", "y1")]
+        if any(coords) and not all(coords):
+            raise DataError(f"{ann_path} line {i}: give all of x0,y0,x1,y1 or none")
+        try:
+            box = tuple(float(v) for v in coords) if all(coords) else None
+        except ValueError:
+            raise DataError(f"{ann_path} line {i}: box coordinates must be numbers, got {coords}") from None
+        parsed.append((i, row[col["path"]], row[col["label"]], box,
+                       row[col["split"]] if "split" in col else None, row[col["mask"]] if "mask" in col else ""))
+
+    labels = [p[2] for p in parsed]
+    numeric = classes is None and all(v.lstrip("-").isdigit() for v in labels)
+    if numeric:
+        k = num_classes if num_classes is not None else max(int(v) for v in labels) + 1
+        names = [str(c) for c in range(k)]
+    else:
+        names = list(classes) if classes is not None else sorted(set(labels))
+    index_of = {n: c for c, n in enumerate(names)}
+
+    by_path: dict[str, tuple[str | None, Record]] = {}
+    for i, path, label, box, split_value, mask in parsed:
+        if numeric:
+            label_idx = int(label)
+            if not 0 <= label_idx < len(names):
+                raise DataError(f"{ann_path} line {i}: class {label_idx} is out of range [0, {len(names)})")
+        elif label not in index_of:
+            raise DataError(f"{ann_path} line {i}: class {label!r} is not one of the classes {names}")
+        else:
+            label_idx = index_of[label]
+        if path not in by_path:
+            by_path[path] = (split_value, Record(
+                path=str(root / path), label=label_idx, boxes=np.zeros((0, 4)), source=f"{ann_path.name} line {i}",
+                mask=MaskSpec(files=(str(root / mask),)) if mask else None,
+            ))
+        s, rec = by_path[path]
+        if rec.label != label_idx or s != split_value:
+            raise DataError(f"{ann_path} line {i}: {path} has another label or split on an earlier line ({rec.source})")
+        if box is not None:
+            rec.boxes = np.vstack([rec.boxes, np.asarray(box, dtype=np.float64)[None]])
+    return _split_filter(list(by_path.values()), split, str(ann_path), (val_fraction, test_fraction, seed)), names
+
+
+class CSVDataset(RecordDataset):
+    """A folder of images + a ``path,label,x0,y0,x1,y1`` CSV (see :func:`read_csv`); RecordDataset kwargs."""
+
+    def __init__(self, root: str, annotations: str, split: str = "train", classes: Sequence[str] | None = None,
+                 val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
+                 num_classes: int | None = None, **kwargs: Any) -> None:
+        records, names = read_csv(root, annotations, split, classes, num_classes, val_fraction, test_fraction, seed)
+        kwargs.setdefault("name", f"CSV {annotations}")
+        super().__init__(records, names, split=split, inclusive_boxes=False, num_classes=num_classes, **kwargs)

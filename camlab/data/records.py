@@ -1,0 +1,332 @@
+"""One generic dataset for every on-disk format: a list of :class:`Record` in, the camlab sample dict out.
+
+Each format (CUB, wsolevaluation metadata, ILSVRC, COCO JSON, CSV) is a small *reader* that turns its files
+into records (image path, label, boxes in xyxy pixels of the ORIGINAL image, optional mask source) and class
+names. :class:`RecordDataset` does everything else once: file checks, box clipping, image loading (PIL),
+mask rendering, the v2 transforms and the accounting of what was clipped or skipped, reported to the user
+(a warning at the end of set-up; skips of unreadable images while loading are reported by ``report()``,
+which ``WSOLDataModule.teardown`` calls).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, get_worker_info
+
+from camlab.data.collate import collate_wsol
+from camlab.data.masks import MaskSpec, tight_boxes
+from camlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, WSOLTransform
+from camlab.utils import ConfigError
+
+log = logging.getLogger("camlab.data")
+
+SPLITS = ("train", "val", "test")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+_MAX_WORKER_SLOTS = 64
+
+
+@dataclass
+class Record:
+    """One image of a split.
+
+    Args:
+        path: image file.
+        label: class index in ``[0, num_classes)``.
+        boxes: G×4 float64 xyxy in pixels of the original image (G may be 0).
+        size: (W, H) declared by the annotations, or None (read from the image header when boxes need it).
+        mask: where the image's mask comes from, or None.
+        source: where the record was read from (e.g. ``images.txt line 12``), for error messages.
+    """
+
+    path: str
+    label: int
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    size: tuple[int, int] | None = None
+    mask: MaskSpec | None = None
+    source: str = ""
+
+
+class DataError(ConfigError):
+    """Bad input data (a missing file, a bad line, an unreadable image); reported as one line."""
+
+
+def require(path: str | os.PathLike, what: str, layout: str) -> Path:
+    """``path`` if it exists, else a DataError naming it and the expected layout."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{what} not found: {p}. Expected layout: {layout}")
+    return p
+
+
+def read_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, stripped text) of the non-empty lines of a text file."""
+    with open(path, encoding="utf-8") as f:
+        return [(i, line.strip()) for i, line in enumerate(f, 1) if line.strip()]
+
+
+def assign_split(keys: Sequence[str], split: str, val_fraction: float, test_fraction: float, seed: int) -> set[str]:
+    """The keys of ``split`` in a deterministic random split of ``keys`` (sorted, shuffled by ``seed``).
+
+    >>> keys = [f"img{i}" for i in range(10)]
+    >>> parts = [assign_split(keys, s, 0.2, 0.3, 0) for s in ("train", "val", "test")]
+    >>> [len(p) for p in parts], len(set.union(*parts))
+    ([5, 2, 3], 10)
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+        raise ValueError(f"need 0 <= val_fraction, test_fraction and their sum < 1, got {val_fraction}, {test_fraction}")
+    order = sorted(set(keys))
+    random.Random(seed).shuffle(order)
+    n_val, n_test = round(len(order) * val_fraction), round(len(order) * test_fraction)
+    parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
+    return set(parts[split])
+
+
+def collate_skipping(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+    """``collate_wsol`` over the samples that are not None (unreadable images skipped with skip_corrupt)."""
+    kept = [s for s in samples if s is not None]
+    if not kept:
+        raise DataError("every image of a batch was unreadable (data.skip_corrupt=true skipped them all)")
+    return collate_wsol(kept)
+
+
+class RecordDataset(Dataset):
+    """Images + labels + boxes (+ masks) from records, through the WSOL train or eval transform.
+
+    Args:
+        records: the split's images (see :class:`Record`).
+        class_names: one name per class.
+        split: 'train', 'val' or 'test' (the train split gets the random-crop pipeline).
+        image_size: network input side S; ``resize_size``: resize side before the random crop (train).
+        train_augment: None: the train pipeline on the train split only; True / False force it.
+        hflip: random horizontal flips in the train pipeline.
+        masks: 'auto' (use masks when every record has one; an error when only some have), True, False.
+        skip_corrupt: skip unreadable images (counted and reported) instead of raising an error.
+        inclusive_boxes: boxes are inclusive pixel bounds (x1 = last pixel; wsolevaluation, CUB, ILSVRC XML)
+            rather than continuous (x1 = one past the last pixel; COCO, CSV). Sets the clip bound (W-1 or W).
+        num_classes: declared class count; must equal ``len(class_names)``.
+        check_files: check every image file exists at set-up (readers that listed a folder skip it).
+        name: the dataset's name in messages.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        class_names: Sequence[str],
+        split: str = "train",
+        image_size: int = 224,
+        resize_size: int | None = 256,
+        train_augment: bool | None = None,
+        hflip: bool = True,
+        masks: bool | str = "auto",
+        skip_corrupt: bool = False,
+        inclusive_boxes: bool = True,
+        num_classes: int | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        check_files: bool = True,
+        name: str = "dataset",
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if masks not in (True, False, "auto"):
+            raise ValueError(f"masks must be true, false or 'auto', got {masks!r}")
+        self.name, self.split = name, split
+        self.class_names = [str(c) for c in class_names]
+        if num_classes is not None and int(num_classes) != len(self.class_names):
+            raise DataError(
+                f"{name}: data.num_classes={num_classes} but the annotations define {len(self.class_names)} "
+                f"classes; set data.num_classes={len(self.class_names)}"
+            )
+        self.num_classes = len(self.class_names)
+        self.image_size = image_size
+        self.train = (split == "train") if train_augment is None else bool(train_augment)
+        self.transform = WSOLTransform(image_size, resize_size, train=self.train, hflip=hflip, mean=mean, std=std)
+        self.mean, self.std = self.transform.mean, self.transform.std
+        self.skip_corrupt = bool(skip_corrupt)
+        self.inclusive_boxes = bool(inclusive_boxes)
+        self.counts = {"skipped_missing": 0, "skipped_unreadable_at_setup": 0, "clipped_boxes": 0, "emptied_boxes": 0}
+        self._first: dict[str, str] = {}
+
+        records = list(records)
+        if not records:
+            raise DataError(f"{name}: the {split} split has no images")
+        records = self._check_files(records, check_files)
+        self.use_masks = self._mask_mode(records, masks)
+        records = self._sizes_and_clipping(records)
+        if split != "train":
+            for r in records:
+                if len(r.boxes) == 0 and not (self.use_masks and r.mask is not None):
+                    raise DataError(
+                        f"{name}: {r.path} ({r.source}) has no box; the val and test splits need a box "
+                        f"(or a mask) per image for the localization metrics"
+                    )
+        self.records = records
+        # Unreadable images met while loading, one slot per DataLoader worker (shared memory, no races).
+        self._skipped = torch.zeros(_MAX_WORKER_SLOTS, dtype=torch.int64).share_memory_()
+        self._warned_skip = False
+        self._report_setup()
+
+    # ------------------------------------------------------------------------------------------ set-up
+    def _check_files(self, records: list[Record], check_files: bool) -> list[Record]:
+        for r in records:
+            for p in r.mask.paths if r.mask is not None else ():
+                if not os.path.isfile(p):
+                    raise DataError(f"{self.name}: mask file not found: {p} (for {r.path}, {r.source})")
+        if not check_files:
+            return records
+        missing = [r for r in records if not os.path.isfile(r.path)]
+        if missing and not self.skip_corrupt:
+            raise DataError(
+                f"{self.name}: {len(missing)} image file(s) of the {self.split} split not found, first: "
+                f"{missing[0].path} ({missing[0].source}); fix the root/paths, or set data.skip_corrupt=true "
+                f"to skip missing and unreadable images (counted and reported)"
+            )
+        if missing:
+            self.counts["skipped_missing"] = len(missing)
+            self._first["skipped_missing"] = missing[0].path
+            gone = {id(r) for r in missing}
+            records = [r for r in records if id(r) not in gone]
+        return records
+
+    def _mask_mode(self, records: list[Record], masks: bool | str) -> bool:
+        with_mask = sum(r.mask is not None for r in records)
+        if masks is False or (masks == "auto" and with_mask == 0):
+            return False
+        if with_mask < len(records):
+            first = next(r for r in records if r.mask is None)
+            raise DataError(
+                f"{self.name}: {len(records) - with_mask} of {len(records)} {self.split} images have no mask "
+                f"(first: {first.path}, {first.source}); a batch needs a mask for every image or none: add "
+                f"the masks or set data.masks=false"
+            )
+        return True
+
+    def _sizes_and_clipping(self, records: list[Record]) -> list[Record]:
+        kept = []
+        for r in records:
+            if len(r.boxes) == 0:
+                kept.append(r)
+                continue
+            bad = (r.boxes[:, 2] < r.boxes[:, 0]) | (r.boxes[:, 3] < r.boxes[:, 1])
+            if bad.any():
+                raise DataError(f"{self.name}: box {r.boxes[bad][0].tolist()} of {r.path} ({r.source}) has x1 < x0 or y1 < y0")
+            size = r.size
+            if size is None:
+                try:
+                    with Image.open(r.path) as im:  # header only
+                        size = im.size
+                except (OSError, SyntaxError, ValueError) as err:
+                    if not self.skip_corrupt:
+                        raise DataError(_unreadable(r.path, err)) from None
+                    self.counts["skipped_unreadable_at_setup"] += 1
+                    self._first.setdefault("skipped_unreadable_at_setup", r.path)
+                    continue
+            W, H = size
+            hi = np.array([W - 1, H - 1, W - 1, H - 1] if self.inclusive_boxes else [W, H, W, H], dtype=np.float64)
+            clipped = np.clip(r.boxes, 0.0, hi)
+            changed = (clipped != r.boxes).any(1)
+            if changed.any():
+                self.counts["clipped_boxes"] += int(changed.sum())
+                self._first.setdefault("clipped_boxes", f"{r.boxes[changed][0].tolist()} of {r.path} ({r.source}), image {W}x{H}")
+                empty = changed & ((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))
+                self.counts["emptied_boxes"] += int(empty.sum())
+            kept.append(replace(r, boxes=clipped, size=(W, H)))
+        return kept
+
+    def _report_setup(self) -> None:
+        c, first = self.counts, self._first
+        if c["clipped_boxes"]:
+            extra = f", {c['emptied_boxes']} of them entirely outside (now empty)" if c["emptied_boxes"] else ""
+            log.warning(
+                "%s (%s): clipped %d box(es) that extended past their image%s; first: %s",
+                self.name, self.split, c["clipped_boxes"], extra, first["clipped_boxes"],
+            )
+        for key, what in (("skipped_missing", "missing"), ("skipped_unreadable_at_setup", "unreadable")):
+            if c[key]:
+                log.warning(
+                    "%s (%s): skipped %d %s image(s) (data.skip_corrupt=true); first: %s",
+                    self.name, self.split, c[key], what, first[key],
+                )
+
+    # --------------------------------------------------------------------------------------- reporting
+    @property
+    def num_skipped_while_loading(self) -> int:
+        return int(self._skipped.sum())
+
+    def report(self) -> dict[str, int]:
+        """Counts of what was clipped or skipped; logs a warning when unreadable images were skipped."""
+        counts = {**self.counts, "skipped_unreadable_while_loading": self.num_skipped_while_loading}
+        if counts["skipped_unreadable_while_loading"]:
+            log.warning(
+                "%s (%s): skipped %d unreadable image(s) while loading (data.skip_corrupt=true)",
+                self.name, self.split, counts["skipped_unreadable_while_loading"],
+            )
+        return counts
+
+    # ----------------------------------------------------------------------------------------- loading
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        r = self.records[index]
+        try:
+            with Image.open(r.path) as im:
+                image = im.convert("RGB")
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            if not self.skip_corrupt:
+                raise DataError(_unreadable(r.path, err)) from None
+            info = get_worker_info()
+            self._skipped[(0 if info is None else info.id + 1) % _MAX_WORKER_SLOTS] += 1
+            if not self._warned_skip:
+                self._warned_skip = True
+                log.warning("%s: skipping unreadable image %s (%s); the total is reported at the end", self.name, r.path, err)
+            return None
+        if r.size is not None and tuple(image.size) != tuple(r.size):
+            raise DataError(
+                f"{self.name}: {r.path} is {image.size[0]}x{image.size[1]} but its annotations ({r.source}) "
+                f"say {r.size[0]}x{r.size[1]}"
+            )
+        boxes = r.boxes
+        render = r.mask.render if (self.use_masks and r.mask is not None) else None
+        if len(boxes) == 0 and render is not None and self.split != "train":
+            W, H = image.size  # no box annotated: the tight boxes of the mask's instances
+            boxes = tight_boxes(r.mask.instances(W, H), self.inclusive_boxes)
+        tensor, boxes_t, mask = self.transform(image, boxes, render)
+        sample: dict[str, Any] = {
+            "image": tensor,  # 3×S×S
+            "label": torch.tensor(r.label, dtype=torch.long),
+            "boxes": boxes_t,  # G×4 input pixels
+            "index": torch.tensor(index, dtype=torch.long),
+        }
+        if mask is not None:
+            sample["mask"] = mask  # S×S uint8
+        return sample
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, images={len(self)}, "
+            f"classes={self.num_classes}, masks={self.use_masks}, transform={self.transform!r})"
+        )
+
+
+def _unreadable(path: str, err: BaseException) -> str:
+    return (
+        f"cannot read image {path}: {err}. Replace or remove the file, or set data.skip_corrupt=true to skip "
+        f"unreadable images (counted and reported)"
+    )
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name."""
+    with os.scandir(folder) as it:
+        return sorted(Path(e.path) for e in it if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
