@@ -45,6 +45,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data, _convert_="partial")
     model = instantiate(cfg.model, _convert_="partial")
+    if hasattr(model, "run_config"):  # saved in checkpoints (camlab-eval / camlab-predict rebuild from it)
+        model.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

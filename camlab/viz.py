@@ -96,3 +96,31 @@ def save_grid(samples: Sequence[OverlaySample], path: str | Path, ncols: int = 4
     path.parent.mkdir(parents=True, exist_ok=True)
     render_grid(samples, ncols=ncols, size=size).save(path)
     return path
+
+
+def render_prediction(image: np.ndarray, cam: np.ndarray, box: Sequence[float] | None, caption: str,
+                      max_side: int = 800) -> Image.Image:
+    """A prediction overlay: the CAM heatmap over the image, the box (red) and a caption bar above.
+
+    ``image`` (H, W, 3) uint8 and ``cam`` (H, W) in [0, 1] at the same size; ``box`` continuous xyxy in that
+    image's pixels. Images larger than ``max_side`` are drawn scaled down (the box with them).
+
+    >>> img = render_prediction(np.zeros((20, 40, 3), np.uint8), np.ones((20, 40)), [5, 5, 15, 15], "cat 0.90")
+    >>> img.size
+    (40, 34)
+    """
+    h, w = image.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    tw, th = max(1, round(w * scale)), max(1, round(h * scale))
+    over = Image.fromarray(heatmap_overlay(image, cam))
+    if (tw, th) != (w, h):
+        over = over.resize((tw, th), Image.BILINEAR)
+    caption_h = 14
+    out = Image.new("RGB", (tw, th + caption_h), (255, 255, 255))
+    out.paste(over, (0, caption_h))
+    draw = ImageDraw.Draw(out)
+    if box is not None:
+        _draw_box(draw, [box[0], box[1] + caption_h / scale, box[2], box[3] + caption_h / scale], scale,
+                  PRED_COLOR, max(1, round(max(tw, th) / 160)))
+    draw.text((2, 1), caption, fill=(0, 0, 0), font=ImageFont.load_default())
+    return out

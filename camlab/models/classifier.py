@@ -63,6 +63,9 @@ class CAMClassifier(L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=topk, average="micro")
         self.topk = topk
+        #: The run's resolved config (a plain dict; set by camlab-train): saved in checkpoints so that
+        #: camlab-eval / camlab-predict rebuild the backbone without the training command line.
+        self.run_config: dict[str, Any] | None = None
 
     # ---- forward -------------------------------------------------------------------------------------
     def pooled(self, features: Tensor) -> Tensor:
@@ -116,6 +119,16 @@ class CAMClassifier(L.LightningModule):
     def predict_step(self, batch: dict[str, Tensor] | Tensor, batch_idx: int) -> dict[str, Tensor]:
         images = batch["image"] if isinstance(batch, dict) else batch
         return self(images)
+
+    # ---- checkpoints -----------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store what inference needs besides the weights: the run config and the input pipeline's metadata."""
+        if self.run_config is not None:
+            checkpoint["camlab_run_config"] = self.run_config
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None:
+            meta = {k: getattr(dm, k, None) for k in ("image_size", "mean", "std", "class_names")}
+            checkpoint["camlab_data"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in meta.items()}
 
     # ---- optimization --------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

@@ -1,0 +1,149 @@
+"""Evaluation entry point: ``camlab-eval ckpt_path=<file.ckpt> [overrides]`` or ``python -m camlab.eval ...``.
+
+Composes ``conf/eval.yaml``, rebuilds the model (from the run config stored in a camlab-train checkpoint, from
+the composed groups, or from a torchvision state dict), runs ``trainer.test`` (``split=test``) or
+``trainer.validate`` (``split=val``) with the CAMLocalization callback (the same metrics, de-duplicated under
+DDP, as training logs) and :class:`camlab.per_image.PerImageWriter`, then writes ``metrics.json`` in the run
+dir and prints where everything is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from camlab.utils import (
+    ConfigError,
+    cleanup_distributed,
+    describe_error,
+    finish_experiment_trackers,
+    install_ddp_child_command,
+    instantiate_group,
+    quiet_duplicate_lightning_logs,
+)
+
+log = logging.getLogger("camlab.eval")
+SPLITS = ("test", "val")
+
+
+def build_model(cfg: DictConfig) -> tuple[Any, str | None, str]:
+    """``(model, ckpt_path for trainer.test or None, description)`` from ``ckpt_path`` / ``torchvision.*``."""
+    from hydra.utils import instantiate
+
+    from camlab.models.pretrained import from_torchvision, is_camlab_checkpoint, load_checkpoint, read_checkpoint
+
+    tv = cfg.get("torchvision") or {}
+    ckpt = cfg.get("ckpt_path")
+    if tv.get("arch"):
+        if ckpt:
+            raise ConfigError("pass either ckpt_path or torchvision.arch/torchvision.weights, not both")
+        if not tv.get("weights"):
+            raise ConfigError(f"torchvision.arch={tv.arch} needs torchvision.weights=<local state-dict file>")
+        model = from_torchvision(tv.arch, tv.weights, class_names=tv.get("class_names"))
+        return model, None, f"torchvision {tv.arch} from {tv.weights}"
+    if not ckpt:
+        raise ConfigError("ckpt_path is required: camlab-eval ckpt_path=<file.ckpt> (or torchvision.arch=... "
+                          "torchvision.weights=<file.pth>)")
+    if not Path(ckpt).is_file():
+        raise ConfigError(f"ckpt_path '{ckpt}' is not a file")
+    if cfg.get("model_from_checkpoint", True):
+        contents = read_checkpoint(ckpt)
+        if is_camlab_checkpoint(contents):
+            return load_checkpoint(ckpt, contents), None, f"checkpoint {ckpt} (model from its stored run config)"
+    model = instantiate(cfg.model, _convert_="partial")
+    return model, str(ckpt), f"checkpoint {ckpt} (model from the composed backbone/model config)"
+
+
+def check_data(model: Any, datamodule: Any, image_size: Any) -> None:
+    """The data's classes must be the model's; a different input size is allowed but reported."""
+    n_data = getattr(datamodule, "num_classes", None)
+    if n_data is not None and n_data != model.num_classes:
+        raise ConfigError(f"the data has {n_data} classes but the model has {model.num_classes}: evaluate on "
+                          f"data with the model's label set (data.num_classes=...)")
+    spec = getattr(model, "input_spec", None)
+    size = image_size
+    if spec is not None and size is not None and tuple(spec.size_hw) != _hw(size):
+        log.warning("the model was trained at image_size=%s, the data is at %s", spec.image_size, size)
+
+
+def _hw(size: Any) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate and write ``metrics.json`` (+ ``per_image.csv``); returns the written summary."""
+    import lightning.pytorch as L
+    import torch
+    from hydra.utils import instantiate
+
+    split = cfg.get("split", "test")
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    L.seed_everything(cfg.seed, workers=True)
+    if cfg.trainer.get("accelerator") == "cpu":
+        torch.set_float32_matmul_precision("high")
+
+    model, trainer_ckpt, source = build_model(cfg)
+    datamodule = instantiate(cfg.data, _convert_="partial")
+    check_data(model, datamodule, cfg.data.get("image_size"))
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    run = trainer.test if split == "test" else trainer.validate
+    run(model, datamodule=datamodule, ckpt_path=trainer_ckpt)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+    out = Path(cfg.paths.output_dir)
+    writer = next((c for c in callbacks if type(c).__name__ == "PerImageWriter"), None)
+    summary = {
+        "split": split,
+        "source": source,
+        "num_images": len(datamodule.dataset(split)) if hasattr(datamodule, "dataset") else None,
+        "world_size": trainer.world_size,
+        "metrics": metrics,
+    }
+    if trainer.is_global_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        lines = [f"run dir           {out}", f"metrics (JSON)    {out / 'metrics.json'}"]
+        if writer is not None:
+            for key, label in (("csv", "per-image rows"), ("npz", "CAMs (npz)"), ("png_dir", "CAM overlays")):
+                if key in writer.written:
+                    lines.append(f"{label:<17} {writer.written[key]}")
+        keys = [f"{split}/acc", f"{split}/loc/gt_known_loc", f"{split}/loc/top1_loc", f"{split}/loc/MaxBoxAccV2",
+                f"{split}/loc/MaxBoxAcc", f"{split}/loc/PxAP"]
+        shown = [f"{k}={metrics[k]:.4g}" for k in keys if k in metrics]
+        if shown:
+            lines.append("metrics           " + "  ".join(shown))
+        print("\n".join(["", "camlab: evaluation finished", *("  " + line for line in lines)]), flush=True)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="pkg://camlab.conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    quiet_duplicate_lightning_logs()
+    install_ddp_child_command("camlab.eval")
+    try:
+        evaluate(cfg)
+    except ConfigError as err:
+        raise SystemExit(f"camlab: error: {err}") from None
+    except Exception as err:  # noqa: BLE001
+        message = describe_error(err)
+        if message is None:
+            raise
+        raise SystemExit(f"camlab: error: {message}") from None
+    finally:
+        finish_experiment_trackers()
+        cleanup_distributed()
+
+
+if __name__ == "__main__":
+    main()

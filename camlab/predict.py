@@ -1,0 +1,240 @@
+"""Prediction CLI: ``camlab-predict MODEL IMAGE_OR_DIR [...] --out DIR`` (or ``python -m camlab.predict``).
+
+MODEL is a camlab-train checkpoint, or with ``--torchvision ARCH`` a torchvision classifier's state dict (see
+:mod:`camlab.models.pretrained`). Each image is read with PIL, converted to RGB, resized to the model's input
+size and normalized as in training; for each of its top-k classes the CAM (min-max normalized at the input
+size) is thresholded at ``--threshold`` x its max and the largest connected region's box is reported.
+
+Outputs in ``--out``: ``<name>_cam.png`` per image (the top-1 class's CAM over the original image, its box,
+class and score) and ``predictions.json``. Boxes in the JSON are in ORIGINAL image pixels, continuous
+``[x0, y0, x1, y1]`` (x1, y1 are the right/bottom edges: a box covering pixel columns 3..7 has x0=3, x1=8),
+or null when the CAM has no region above the threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+class PredictError(Exception):
+    """A user-fixable problem; printed as ``camlab: error: ...`` without a traceback."""
+
+
+def list_images(inputs: Sequence[str]) -> list[Path]:
+    """Files given, plus the image files (by suffix, sorted, not recursive) of directories given."""
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise PredictError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in directory {p}")
+            paths += found
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise PredictError(f"input {p} does not exist")
+    return paths
+
+
+def read_image(path: Path) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB, or a :class:`PredictError` naming the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except Exception as err:  # noqa: BLE001 - PIL raises several types for unreadable / truncated files
+        raise PredictError(f"cannot read image {path}: {err}") from None
+
+
+def to_input(image: np.ndarray, size_hw: tuple[int, int], mean: Sequence[float], std: Sequence[float]):
+    """``(H, W, 3)`` uint8 -> ``(3, h, w)`` float tensor, bilinear-resized and normalized."""
+    import torch
+    from PIL import Image
+
+    h, w = size_hw
+    resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
+    x = torch.from_numpy(resized).permute(2, 0, 1)  # (3, h, w)
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def box_to_original(box: Sequence[int], input_hw: tuple[int, int], image_hw: tuple[int, int]) -> list[float]:
+    """An inclusive integer box of the network input -> continuous xyxy in original image pixels.
+
+    >>> box_to_original([2, 4, 5, 9], (10, 10), (20, 40))
+    [8.0, 8.0, 24.0, 20.0]
+    """
+    (h, w), (H, W) = input_hw, image_hw
+    sx, sy = W / w, H / h
+    x0, y0, x1, y1 = (int(v) for v in box)
+    return [round(float(min(W, x0 * sx)), 2), round(float(min(H, y0 * sy)), 2),
+            round(float(min(W, (x1 + 1) * sx)), 2), round(float(min(H, (y1 + 1) * sy)), 2)]
+
+
+def cam_box(cam_u8: np.ndarray, threshold: float) -> list[int] | None:
+    """Box of the largest region of a uint8 map above ``threshold`` x its max (inclusive ints), or None."""
+    from camlab.localization import boxes_at_threshold
+
+    if not (cam_u8 > int(threshold * int(cam_u8.max()))).any():
+        return None
+    return [int(v) for v in boxes_at_threshold(cam_u8, threshold, multi_contour=False)[0]]
+
+
+def _unique_name(path: Path, used: set[str]) -> str:
+    name, n = path.stem, 1
+    while name in used:
+        n += 1
+        name = f"{path.stem}_{n}"
+    used.add(name)
+    return name
+
+
+def predict(model: Any, paths: Sequence[Path], out_dir: Path, topk: int = 3, threshold: float = 0.2,
+            device: str = "cpu", batch_size: int = 16, cam_method: str = "cam") -> dict[str, Any]:
+    """Predict every image, write overlays and ``predictions.json``; returns the JSON document."""
+    import torch
+
+    from camlab.cam import minmax_normalize, upsample
+    from camlab.localization import scoremap_to_uint8
+    from camlab.viz import render_prediction
+
+    spec = model.input_spec
+    names = list(getattr(model, "class_names", None) or spec.class_names or range(model.num_classes))
+    k = max(1, min(int(topk), model.num_classes))
+    model = model.to(device).eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    entries = []
+    for start in range(0, len(paths), batch_size):
+        chunk = list(paths[start:start + batch_size])
+        images = [read_image(p) for p in chunk]
+        x = torch.stack([to_input(im, spec.size_hw, spec.mean, spec.std) for im in images]).to(device)  # (B,3,h,w)
+        with torch.no_grad():
+            out = model(x)
+            probs = out["logits"].float().softmax(dim=1)  # (B, C)
+            scores, classes = probs.topk(k, dim=1)  # (B, k), (B, k)
+            raw = _raw_cams(model, out["features"].float(), classes, cam_method)  # (B, k, h', w')
+            b, _, fh, fw = raw.shape
+            maps = minmax_normalize(upsample(raw.reshape(b * k, fh, fw), spec.size_hw))  # (B k, h, w)
+            u8 = scoremap_to_uint8(maps.cpu().numpy()).reshape(b, k, *spec.size_hw)  # (B, k, h, w)
+        for i, (path, image) in enumerate(zip(chunk, images)):
+            H, W = image.shape[:2]
+            preds = []
+            for r in range(k):
+                box = cam_box(u8[i, r], threshold)
+                c = int(classes[i, r])
+                preds.append({"rank": r + 1, "class": c, "name": str(names[c]), "score": round(float(scores[i, r]), 6),
+                              "box": None if box is None else box_to_original(box, spec.size_hw, (H, W))})
+            with torch.no_grad():
+                cam_full = minmax_normalize(upsample(raw[i, :1], (H, W)))[0].cpu().numpy()  # (H, W)
+            top = preds[0]
+            name = _unique_name(path, used)
+            overlay = out_dir / f"{name}_cam.png"
+            render_prediction(image, cam_full, top["box"], f"{top['name']} {top['score']:.2f}").save(overlay)
+            entries.append({"image": str(path), "width": W, "height": H, "overlay": overlay.name,
+                            "predictions": preds})
+    doc = {
+        "model": getattr(model, "source", None),
+        "input_size": list(spec.size_hw),
+        "cam_method": cam_method,
+        "threshold": threshold,
+        "box_format": "xyxy in original image pixels, continuous (x1, y1 = right/bottom edges); null: no region",
+        "images": entries,
+    }
+    (out_dir / "predictions.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
+def _raw_cams(model: Any, features, classes, method: str):
+    """``(B, K, h, w)`` features, ``(B, k)`` classes -> ``(B, k, h, w)`` raw maps."""
+    if method == "cam":
+        return model.cam(features, classes)
+    from camlab.cam_methods import compute_cams
+
+    return compute_cams(model, features, classes, method)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    from camlab.cam_methods import METHODS
+
+    p = argparse.ArgumentParser(
+        prog="camlab-predict",
+        description="CAM predictions: overlay PNGs and predictions.json (top-k classes, scores, boxes in "
+                    "original image pixels) for images or folders of images.",
+        epilog="examples:  camlab-predict run/checkpoints/last.ckpt photos/ --out preds\n"
+               "           camlab-predict --torchvision resnet50 --weights resnet50.pth cat.jpg --out preds",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="[MODEL] IMAGE_OR_DIR",
+                   help="a camlab checkpoint (unless --ckpt/--weights is given), then images and/or folders")
+    p.add_argument("--ckpt", help="camlab-train checkpoint (alternative to the first positional argument)")
+    p.add_argument("--torchvision", metavar="ARCH", help="MODEL is a torchvision state dict of ARCH "
+                   "(resnet18/34/50, efficientnet_b0, convnext_tiny, ...: GAP -> one linear layer)")
+    p.add_argument("--weights", help="the torchvision state-dict file (with --torchvision)")
+    p.add_argument("--class-names", help="text file, one class name per line (default: the checkpoint's, or "
+                   "torchvision's ImageNet categories)")
+    p.add_argument("--out", default="predictions", help="output directory (default: ./predictions)")
+    p.add_argument("--topk", type=int, default=3, help="classes reported per image (default 3)")
+    p.add_argument("--threshold", type=float, default=0.2, help="CAM threshold, fraction of the map's max "
+                   "(default 0.2)")
+    p.add_argument("--image-size", type=int, help="input side (default: the model's training size)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--cam-method", default="cam", choices=METHODS, help="how maps are built (default cam)")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from camlab.models.pretrained import load_cam_model
+
+    inputs = list(args.inputs)
+    source = args.weights or args.ckpt
+    if args.torchvision and not args.weights:
+        raise PredictError("--torchvision ARCH needs --weights <state-dict file>")
+    if source is None:
+        if len(inputs) < 2:
+            raise PredictError("give a model file and at least one image or folder: camlab-predict MODEL IMAGE...")
+        source = inputs.pop(0)
+    if not 0 <= args.threshold < 1:
+        raise PredictError(f"--threshold must be in [0, 1), got {args.threshold}")
+    if args.topk < 1:
+        raise PredictError(f"--topk must be >= 1, got {args.topk}")
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        raise PredictError(f"--device {device}: CUDA is not available here (use --device cpu)")
+    paths = list_images(inputs)
+    model = load_cam_model(source, torchvision_arch=args.torchvision, class_names=args.class_names,
+                           image_size=args.image_size)
+    model.source = str(source)
+    doc = predict(model, paths, Path(args.out), topk=args.topk, threshold=args.threshold, device=device,
+                  batch_size=args.batch_size, cam_method=args.cam_method)
+    out = Path(args.out)
+    print(f"camlab: {len(paths)} image(s) -> {out / 'predictions.json'} and {out}/<name>_cam.png", flush=True)
+    return doc
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except PredictError as err:
+        raise SystemExit(f"camlab: error: {err}") from None
+    except (ValueError, FileNotFoundError) as err:  # bad model file, class names, ...: messages name the file
+        raise SystemExit(f"camlab: error: {err}") from None
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
