@@ -1,6 +1,7 @@
 """Datasets, the batch contract (``collate_wsol``) and the LightningDataModule."""
+from camlab.data.canvas import CanvasDataModule, MNISTCanvas
 from camlab.data.collate import collate_wsol
 from camlab.data.datamodule import WSOLDataModule
 from camlab.data.synthetic import CLASSES, SyntheticShapes, hflip_boxes, tight_box
 
-__all__ = ["CLASSES", "SyntheticShapes", "WSOLDataModule", "collate_wsol", "hflip_boxes", "tight_box"]
+__all__ = ["CLASSES", "CanvasDataModule", "MNISTCanvas", "SyntheticShapes", "WSOLDataModule", "collate_wsol", "hflip_boxes", "tight_box"]
