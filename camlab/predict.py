@@ -206,6 +206,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if len(inputs) < 2:
             raise PredictError("give a model file and at least one image or folder: camlab-predict MODEL IMAGE...")
         source = inputs.pop(0)
+    if not Path(source).is_file():
+        raise PredictError(f"model file {source} not found (a camlab-train checkpoint, or --torchvision ARCH "
+                           f"--weights <state dict>)")
     if not 0 <= args.threshold < 1:
         raise PredictError(f"--threshold must be in [0, 1), got {args.threshold}")
     if args.topk < 1:

@@ -28,7 +28,7 @@ def composed(config: str, overrides: list[str], out_dir: Path) -> DictConfig:
 
 
 def tiny_checkpoint(root: Path) -> dict[str, object]:
-    """{"run_dir", "ckpt" (last.ckpt, the weights of the one validation), "val" (that validation's metrics)}."""
+    """{"run_dir", "ckpt" (best-*.ckpt: the weights of the one validation), "val" (that validation's metrics)}."""
     if "run" not in _CACHE:
         from camlab.train import train
 
@@ -40,5 +40,6 @@ def tiny_checkpoint(root: Path) -> dict[str, object]:
         train(cfg)
         rows = [r for r in csv.DictReader(open(run_dir / "csv" / "metrics.csv")) if r.get("val/loc/MaxBoxAccV2")]
         val = {k: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v != ""}
-        _CACHE["run"] = {"run_dir": run_dir, "ckpt": run_dir / "checkpoints" / "last.ckpt", "val": val}
+        (ckpt,) = (run_dir / "checkpoints").glob("best-*.ckpt")
+        _CACHE["run"] = {"run_dir": run_dir, "ckpt": ckpt, "val": val}
     return _CACHE["run"]  # type: ignore[return-value]
