@@ -65,13 +65,13 @@ def inclusive(patch: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
 
 
 # ----------------------------------------------------------------------------------------------- CUB
-def make_cub(root: Path, segmentations: bool = True) -> Path:
+def make_cub(root: Path, segmentations: bool = True, specs: list[Spec] = SPECS) -> Path:
     """CUB-200-2011 layout; split: train = 1, val/test = 0 (CUB's val is its test split)."""
     root.mkdir(parents=True, exist_ok=True)
     class_dirs = [f"{k + 1:03d}.{c.capitalize()}_bird" for k, c in enumerate(CLASSES)]
     (root / "classes.txt").write_text("".join(f"{k + 1} {d}\n" for k, d in enumerate(class_dirs)))
     images, labels, splits, boxes = [], [], [], []
-    for i, s in enumerate(SPECS, 1):
+    for i, s in enumerate(specs, 1):
         rel = f"{class_dirs[s.label]}/{s.name}.jpg"
         save(draw(s), root / "images" / rel, "JPEG")
         images.append(f"{i} {rel}\n")
@@ -93,14 +93,14 @@ def make_cub(root: Path, segmentations: bool = True) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ wsoleval
-def make_wsoleval(root: Path, dataset: str = "CUB") -> tuple[Path, Path]:
+def make_wsoleval(root: Path, dataset: str = "CUB", specs: list[Spec] = SPECS) -> tuple[Path, Path]:
     """(image root, metadata root) in wsolevaluation's layout; OpenImages gets instance + ignore masks."""
     data, meta = root / "dataset" / dataset, root / "metadata"
     for split in ("train", "val", "test"):
         d = meta / dataset / split
         d.mkdir(parents=True, exist_ok=True)
         ids, labels, sizes, loc = [], [], [], []
-        for s in (x for x in SPECS if x.split == split):
+        for s in (x for x in specs if x.split == split):
             image_id = f"{split}/{CLASSES[s.label]}/{s.name}.png"
             save(draw(s), data / image_id)
             ids.append(f"{image_id}\n")
@@ -132,14 +132,14 @@ def make_wsoleval(root: Path, dataset: str = "CUB") -> tuple[Path, Path]:
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 
 
-def make_ilsvrc(root: Path) -> Path:
+def make_ilsvrc(root: Path, specs: list[Spec] = SPECS) -> Path:
     """train/<wnid>/*.JPEG (train specs); val/*.JPEG + val/*.xml (val and test specs)."""
     (root / "train").mkdir(parents=True, exist_ok=True)
     (root / "val").mkdir(parents=True, exist_ok=True)
     # A synset list in a different order than the folders sort: the list defines the index.
     order = [2, 0, 1]
     (root / "LOC_synset_mapping.txt").write_text("".join(f"{WNIDS[k]} {CLASSES[k]}, a fish\n" for k in order))
-    for s in SPECS:
+    for s in specs:
         if s.split == "train":
             save(draw(s), root / "train" / WNIDS[s.label] / f"{WNIDS[s.label]}_{s.name}.JPEG", "JPEG")
             continue
@@ -184,10 +184,10 @@ def rle_encode_string(mask: np.ndarray) -> dict:
     return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": "".join(chars)}
 
 
-def make_coco(root: Path) -> Path:
+def make_coco(root: Path, specs: list[Spec] = SPECS) -> Path:
     """images/*.png + annotations.json: polygons, compressed RLE, uncompressed RLE, a PNG mask; split keys."""
     images, anns = [], []
-    for i, s in enumerate(SPECS):
+    for i, s in enumerate(specs):
         save(draw(s), root / "images" / f"{s.name}.png")
         entry = {"id": 100 + i, "file_name": f"images/{s.name}.png", "width": s.size[0], "height": s.size[1],
                  "split": s.split}
@@ -216,10 +216,10 @@ def make_coco(root: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- CSV
-def make_csv(root: Path, names: bool = True, header: bool = True) -> Path:
+def make_csv(root: Path, names: bool = True, header: bool = True, specs: list[Spec] = SPECS) -> Path:
     """images/*.png + labels.csv (class names or indices; repeated rows for several boxes; split column)."""
     rows = ["path,label,x0,y0,x1,y1,split\n"] if header else []
-    for s in SPECS:
+    for s in specs:
         save(draw(s), root / "images" / f"{s.name}.png")
         label = CLASSES[s.label] if names else str(s.label)
         for x0, y0, x1, y1 in s.patches:

@@ -218,3 +218,17 @@ def test_rle_decoding_against_a_reference_encoder():
     big = np.zeros((300, 400), np.uint8)
     big[10:290, 5:395] = 1  # long runs: several 5-bit chunks and negative deltas
     np.testing.assert_array_equal(rle_decode(fx.rle_encode_string(big)), big)
+
+
+def test_eval_transform_normalizes_with_imagenet_statistics():
+    from PIL import Image
+
+    from camlab.data.transforms import WSOLTransform
+
+    img = Image.new("RGB", (50, 30), (200, 100, 50))
+    out, boxes, mask = WSOLTransform(image_size=16)(img, np.array([[5.0, 3.0, 25.0, 15.0]]))
+    want = [(200 / 255 - 0.485) / 0.229, (100 / 255 - 0.456) / 0.224, (50 / 255 - 0.406) / 0.225]
+    assert out.shape == (3, 16, 16) and out.dtype == torch.float32 and mask is None
+    for c in range(3):
+        assert torch.allclose(out[c], torch.full((16, 16), want[c]), atol=1e-6)
+    assert torch.allclose(boxes, torch.tensor([[5 * 16 / 50, 3 * 16 / 30, 25 * 16 / 50, 15 * 16 / 30]]))

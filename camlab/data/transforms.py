@@ -73,6 +73,7 @@ class WSOLTransform:
             raise ValueError(f"mean and std need 3 entries with std > 0, got mean={mean}, std={std}")
         self.image_size, self.resize_size, self.train, self.hflip = image_size, resize_size, train, hflip
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self._mean_np, self._std_np = np.float32(self.mean), np.float32(self.std)
         steps: list[v2.Transform] = [v2.Resize((resize_size, resize_size))]
         steps.append(v2.RandomCrop(image_size))
         if hflip:
@@ -99,9 +100,21 @@ class WSOLTransform:
             image_out = TF.resize(image, [S, S])  # PIL bilinear (antialiased), as wsolevaluation
             boxes_out = torch.from_numpy(scale_boxes(boxes, (W, H), (S, S))).float()
             mask_out = torch.from_numpy(render_mask(S, S)) if render_mask is not None else None
-        tensor = TF.to_dtype(TF.to_image(image_out), torch.float32, scale=True)  # 3×S×S in [0, 1]
-        tensor = TF.normalize(tensor, self.mean, self.std)
-        return tensor, boxes_out.reshape(-1, 4), mask_out
+        return self._normalize(image_out), boxes_out.reshape(-1, 4), mask_out
+
+    def _normalize(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        """PIL / uint8 image -> 3×S×S float32 ``(x / 255 - mean) / std``.
+
+        In NumPy (one thread): torch's two-thread elementwise kernels on a 224² image took ~15 ms each on a busy
+        2-core machine against ~0.3 ms here (benchmarks/bench_loaders.py).
+        """
+        if isinstance(image, torch.Tensor):
+            arr = image.permute(1, 2, 0).numpy()  # S×S×3 uint8
+        else:
+            arr = np.asarray(image)
+        x = arr.astype(np.float32) / np.float32(255)  # S×S×3 in [0, 1]
+        x = (x - self._mean_np) / self._std_np
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))  # 3×S×S
 
     def __repr__(self) -> str:
         kind = f"train, resize {self.resize_size} -> random crop {self.image_size}" if self.train else (
