@@ -83,6 +83,19 @@ class WSOLTransform:
     def __call__(
         self, image: Image.Image, boxes: np.ndarray, render_mask: MaskRenderer | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        # One torch thread for these small ops: with 2 threads on a busy 2-core machine a 256² mask resize or
+        # flip took ~15-50 ms in the main process (num_workers=0) against ~0.1 ms (DataLoader workers already
+        # run single-threaded; the model does not run while a sample is loaded, so this costs it nothing).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._apply(image, boxes, render_mask)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _apply(
+        self, image: Image.Image, boxes: np.ndarray, render_mask: MaskRenderer | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         S = self.image_size
         W, H = image.size
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)  # G×4, source pixels
@@ -105,8 +118,7 @@ class WSOLTransform:
     def _normalize(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         """PIL / uint8 image -> 3×S×S float32 ``(x / 255 - mean) / std``.
 
-        In NumPy (one thread): torch's two-thread elementwise kernels on a 224² image took ~15 ms each on a busy
-        2-core machine against ~0.3 ms here (benchmarks/bench_loaders.py).
+        In NumPy, the same operations in the same order as torchvision's ``to_dtype`` + ``normalize``.
         """
         if isinstance(image, torch.Tensor):
             arr = image.permute(1, 2, 0).numpy()  # S×S×3 uint8
