@@ -194,7 +194,7 @@ def compute_cams(model: nn.Module, features: Tensor, classes: Tensor, method: st
     if classes.ndim not in (1, 2) or classes.shape[0] != features.shape[0]:
         raise ValueError(f"classes must be (B,) or (B, k) with B = {features.shape[0]}, got {tuple(classes.shape)}")
     if method == "cam":
-        return linear_cam(model, features, classes)
+        return linear_cam(model, features, classes).detach()
     a, g = class_gradients(model, features, classes)
     fn = _MAPS[method]
     if classes.ndim == 1:
