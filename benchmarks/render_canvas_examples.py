@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from camlab.data.canvas import MNISTCanvas
 
-SCALE = 3  # upsample 64 px canvases for legibility
+SCALE = 2  # upsample 64 px canvases for legibility
 PAD = 4
 
 

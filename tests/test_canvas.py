@@ -254,3 +254,13 @@ def test_fashion_canvas_experiment_fast_dev_run_with_cam_metrics(root, tmp_path)
     missing = composed(["experiment=fashion_canvas", f"data.root={tmp_path / 'absent'}", "debug=fast"], tmp_path / "r2")
     with pytest.raises(DataFilesNotFound, match="absent' does not exist"):
         train(missing)
+
+
+def test_mnist_canvas_config_is_fashion_canvas_with_digits(tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = composed(["data=mnist_canvas", "data.root=/somewhere/mnist"], tmp_path)
+    dm = instantiate(cfg.data, _convert_="partial")  # builds nothing: the splits are factories
+    assert dm.root == "/somewhere/mnist" and dm.num_classes == 10 and dm.class_names[7] == "7"
+    assert cfg.data.dataset == "mnist" and cfg.data.hflip is False
+    assert cfg.model.num_classes == 10
