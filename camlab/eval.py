@@ -68,7 +68,8 @@ def check_data(model: Any, datamodule: Any, image_size: Any) -> None:
     spec = getattr(model, "input_spec", None)
     size = image_size
     if spec is not None and size is not None and tuple(spec.size_hw) != _hw(size):
-        log.warning("the model was trained at image_size=%s, the data is at %s", spec.image_size, size)
+        log.warning("the model's input size is %s (its training data / weights) but the data is at image_size=%s",
+                    spec.image_size, size)
 
 
 def _hw(size: Any) -> tuple[int, int]:
@@ -84,11 +85,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     split = cfg.get("split", "test")
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    model, trainer_ckpt, source = build_model(cfg)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.trainer.get("accelerator") == "cpu":
         torch.set_float32_matmul_precision("high")
-
-    model, trainer_ckpt, source = build_model(cfg)
     datamodule = instantiate(cfg.data, _convert_="partial")
     check_data(model, datamodule, cfg.data.get("image_size"))
     callbacks = instantiate_group(cfg.get("callbacks"))
@@ -98,7 +98,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     run = trainer.test if split == "test" else trainer.validate
-    run(model, datamodule=datamodule, ckpt_path=trainer_ckpt)
+    try:
+        run(model, datamodule=datamodule, ckpt_path=trainer_ckpt)
+    except RuntimeError as err:
+        if trainer_ckpt is None or "state_dict" not in str(err):
+            raise
+        first = str(err).strip().splitlines()[0]
+        raise ConfigError(f"checkpoint '{trainer_ckpt}' does not fit the model composed from backbone={cfg.backbone.name}"
+                          f" and model/pool: pass the training run's backbone/model overrides ({first})") from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
     out = Path(cfg.paths.output_dir)

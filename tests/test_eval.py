@@ -103,6 +103,17 @@ def test_save_cams_writes_npz_and_one_png_per_image(evaluated):
     assert sorted(p.name for p in (out / "cam_pngs").glob("*.png")) == [f"{i:06d}.png" for i in range(25)]
 
 
+def test_model_from_the_composed_config_when_asked(trained, evaluated, tmp_path):
+    """model_from_checkpoint=false: the backbone/model groups build the model, Lightning loads the weights."""
+    args = [*EVAL, f"ckpt_path={trained['ckpt']}", "split=val", "model_from_checkpoint=false", "backbone.width=4"]
+    summary = evaluate(composed("eval", args, tmp_path / "ok"))
+    assert summary["source"].endswith("(model from the composed backbone/model config)")
+    reference = json.loads((evaluated[0] / "metrics.json").read_text())["metrics"]
+    assert summary["metrics"]["val/loc/MaxBoxAccV2"] == reference["val/loc/MaxBoxAccV2"]
+    with pytest.raises(ConfigError, match="does not fit the model composed from backbone=tiny_cnn"):
+        evaluate(composed("eval", [*args[:-1], "backbone.width=8"], tmp_path / "wrong"))
+
+
 def test_eval_needs_a_checkpoint_file(tmp_path):
     with pytest.raises(ConfigError, match="ckpt_path is required"):
         evaluate(composed("eval", EVAL, tmp_path))
