@@ -20,12 +20,16 @@ compare with published tables (see ``benchmarks/METRICS_NOTES.md``):
 
 Fast path: :func:`best_ious_all_contours` gives, per image, the best IoU over *all* contours at every
 grid threshold (MaxBoxAccV2) without one OpenCV call per threshold. Only the distinct cut levels matter;
-a pixel's level index ("rank") says at which of them it is foreground. Along a row the foreground of
-level j changes only where two neighbouring ranks straddle j: these crossings (about 20k per smooth
-224x224 map, far fewer than pixels x levels) are bucketed by (level, row) in one pass. Each level is
-then labelled from its runs: foreground runs 8-connected (component boxes), background runs
-4-connected with the border flagged (hole boxes; skipped when no inner row has two foreground runs,
-since then no background run avoids the border). A numba kernel (``cache=True``) does all of it.
+a pixel's level index ("rank") says at which of them it is foreground. One forward and one backward pass
+per row give, for every level, the row's first and last foreground column (from the prefix and suffix
+maxima of the ranks, branch-free) and the row's *gaps*: a column is background enclosed by foreground on
+both sides of its row exactly at the levels ``[rank, min(prefix max, suffix max))``, and the changes of
+that range along the row are recorded as events, bucketed by level. A level without events has at most
+one run per row: its components are chains of consecutive rows whose runs touch, and nothing is enclosed,
+so there is no hole; it costs one step per row. The other levels cut each row's ``[first, last]`` by its
+gaps and join the runs by union-find (foreground 8-connected; gaps 4-connected, a gap touching a
+background column outside a neighbour row's ``[first, last]`` reaches the border, the rest are holes).
+A numba kernel (``cache=True``) does all of it.
 
 The largest-contour variant (MaxBoxAcc) needs ``cv2.contourArea`` (a polygon area through contour
 pixel centres), which the run labelling does not give; :func:`best_ious_largest_contour` therefore
@@ -249,207 +253,364 @@ def _best_iou_box(x0, y0, x1, y1, gt, n_gt):
 
 
 @njit(cache=True)
-def _label_runs(x0, x1, ry, rowstart, ya, yb, H, W, conn8, par, bb, border):
-    """Union-find over the runs of rows ya..yb of one level (runs 0..rowstart[yb + 1], rows in order);
-    boxes and border flags per root."""
-    n = rowstart[yb + 1]
-    for r in range(n):
-        par[r] = r
-        bb[r, 0] = x0[r]
-        bb[r, 1] = ry[r]
-        bb[r, 2] = x1[r]
-        bb[r, 3] = ry[r]
-        border[r] = x0[r] == 0 or x1[r] == W - 1 or ry[r] == 0 or ry[r] == H - 1
-    reach = 1 if conn8 else 0
-    for y in range(ya + 1, yb + 1):
-        i = rowstart[y - 1]
-        i_end = rowstart[y]
-        k = rowstart[y]
-        k_end = rowstart[y + 1]
-        while i < i_end and k < k_end:
-            if x0[i] <= x1[k] + reach and x0[k] <= x1[i] + reach:
-                a = _find(par, i)
-                b = _find(par, k)
-                if a != b:
-                    par[a] = b
-                    bb[b, 0] = min(bb[b, 0], bb[a, 0])
-                    bb[b, 1] = min(bb[b, 1], bb[a, 1])
-                    bb[b, 2] = max(bb[b, 2], bb[a, 2])
-                    bb[b, 3] = max(bb[b, 3], bb[a, 3])
-                    border[b] = border[b] or border[a]
-            if x1[i] < x1[k]:
-                i += 1
-            else:
-                k += 1
+def _grow(a, size):
+    b = np.empty(size, a.dtype)
+    b[: a.shape[0]] = a
+    return b
 
 
 @njit(cache=True)
-def _all_contours_runs(u8, levels, gt, n_gt, out):
-    """Best IoU over all tree-mode contours at each level, by per-level run-length labelling.
+def _level_ranks(levels):
+    """Distinct cut levels (clamped to [-1, 255]) -> (rank LUT, level index per cut value + 1, count).
+
+    ``rank[v]`` is the number of distinct levels below the uint8 value v, so a pixel is foreground at the
+    j-th level (ascending) iff ``rank[u8] > j``.
+    """
+    used = np.zeros(257, np.bool_)
+    for k in range(levels.shape[0]):
+        used[min(max(levels[k], -1), 255) + 1] = True
+    index = np.full(257, -1, np.int64)
+    n = 0
+    for i in range(257):
+        if used[i]:
+            index[i] = n
+            n += 1
+    rank = np.zeros(256, np.int32)
+    c = 0
+    for v in range(256):
+        if used[v]:  # level v - 1 lies below v
+            c += 1
+        rank[v] = c
+    return rank, index, n
+
+
+@njit(cache=True, inline="always")
+def _emit(evj, evx, ne, j0, j1, pos):
+    for j in range(j0, j1):
+        evj[ne] = j
+        evx[ne] = pos
+        ne += 1
+    return ne
+
+
+@njit(cache=True)
+def _row_scan(u8, rank, n, L, R, rmax):
+    """One forward and one backward pass per row: run ends per level, and the enclosed-gap events.
+
+    Writes ``L[j, y]`` / ``R[j, y]`` (first / last foreground column of row y at level j, for j <
+    ``rmax[y]``, the rank of the row's max). Returns the gap events: level, boundary position (the gap
+    membership differs between columns pos - 1 and pos), per row the end offset into them, and their count.
+    A level without events has at most one run in every row.
+    """
+    H, W = u8.shape
+    lastF = np.empty(n + 2, np.int32)
+    lastB = np.empty(n + 2, np.int32)
+    rrow = np.empty(W, np.int32)
+    pmr = np.empty(W, np.int32)
+    row_cap = 2 * (n + 1) * (W + 1)  # at most 2 (n + 1) events per column boundary
+    cap = row_cap + H * W // 4
+    evj = np.empty(cap, np.int32)
+    evx = np.empty(cap, np.int32)
+    rowend = np.empty(H, np.int64)
+    ne = 0
+    for y in range(H):
+        if ne + row_cap > cap:
+            cap = 2 * cap
+            evj = _grow(evj, cap)
+            evx = _grow(evx, cap)
+        # forward: prefix max of the ranks; lastF[m] = last column whose prefix max (before it) is m,
+        # i.e. the column where the prefix max rises above m: the first foreground column of level m
+        lastF[:] = -1
+        pm = 0
+        for x in range(W):
+            r = rank[u8[y, x]]
+            rrow[x] = r
+            lastF[pm] = x
+            pm = max(pm, r)
+            pmr[x] = pm
+        rmax[y] = pm
+        cur = 0
+        for j in range(pm):  # levels the prefix max jumped over start at the same column
+            cur = max(cur, lastF[j])
+            L[j, y] = cur
+        # backward: suffix max, last foreground column per level, and the gaps. Column x is background
+        # enclosed by foreground on both sides of its row ("gap") at the levels [r, t), t = min(prefix max,
+        # suffix max); every background run between two foreground runs is made of such columns.
+        lastB[:] = W
+        sm = 0
+        pa = 0
+        pb = 0  # gap levels [pa, pb) of column x + 1 (none right of the row)
+        for x in range(W - 1, -1, -1):
+            r = rrow[x]
+            lastB[sm] = x
+            sm = max(sm, r)
+            t = min(pmr[x], sm)
+            if t > r or pb > pa:
+                a = r
+                b = max(t, r)
+                if a != pa or b != pb:
+                    # events at the levels where [pa, pb) and [a, b) differ
+                    if pb <= a or b <= pa:
+                        ne = _emit(evj, evx, ne, pa, pb, x + 1)
+                        ne = _emit(evj, evx, ne, a, b, x + 1)
+                    else:
+                        ne = _emit(evj, evx, ne, min(pa, a), max(pa, a), x + 1)
+                        ne = _emit(evj, evx, ne, min(pb, b), max(pb, b), x + 1)
+                pa = a
+                pb = b
+            else:
+                pa = r
+                pb = r
+        cur = W
+        for j in range(pm):
+            cur = min(cur, lastB[j])
+            R[j, y] = cur
+        rowend[y] = ne
+    return evj, evx, rowend, ne
+
+
+@njit(cache=True)
+def _events_by_level(evj, evx, rowend, ne, n):
+    """Stable counting sort of the gap events by level: (start offsets per level, rows, positions)."""
+    H = rowend.shape[0]
+    evy = np.empty(ne, np.int32)
+    e = 0
+    for y in range(H):
+        while e < rowend[y]:
+            evy[e] = y
+            e += 1
+    start = np.zeros(n + 1, np.int64)
+    for e in range(ne):
+        start[evj[e] + 1] += 1
+    for j in range(n):
+        start[j + 1] += start[j]
+    fill = start[:n].copy()
+    sy = np.empty(ne, np.int32)
+    sx = np.empty(ne, np.int32)
+    for e in range(ne):
+        j = evj[e]
+        p = fill[j]
+        sy[p] = evy[e]
+        sx[p] = evx[e]
+        fill[j] = p + 1
+    return start, sy, sx
+
+
+@njit(cache=True)
+def _chain_level(j, yf, yl, L, R, rmax, W, H, gt, n_gt):
+    """Best IoU at a level where every row has at most one run: the components are chains of consecutive
+    rows whose runs touch (8-connected), and no background is enclosed (no hole)."""
+    best = 0.0
+    opened = False
+    pa = 0
+    pb = 0
+    bx0 = 0
+    bx1 = 0
+    by0 = 0
+    for y in range(yf, yl + 2):
+        live = y <= yl and rmax[y] > j
+        a = 0
+        b = 0
+        if live:
+            a = L[j, y]
+            b = R[j, y]
+            if opened and a <= pb + 1 and pa <= b + 1:
+                bx0 = min(bx0, a)
+                bx1 = max(bx1, b)
+                pa = a
+                pb = b
+                continue
+        if opened:  # close the chain that ended at row y - 1
+            v = _best_iou_box(bx0, by0, min(bx1 + 1, W - 1), min(y, H - 1), gt, n_gt)
+            if v > best:
+                best = v
+            opened = False
+        if live:
+            opened = True
+            bx0 = a
+            bx1 = b
+            by0 = y
+            pa = a
+            pb = b
+    return best
+
+
+@njit(cache=True, inline="always")
+def _merge_box(bb, ra, rb):
+    bb[rb, 0] = min(bb[rb, 0], bb[ra, 0])
+    bb[rb, 1] = min(bb[rb, 1], bb[ra, 1])
+    bb[rb, 2] = max(bb[rb, 2], bb[ra, 2])
+    bb[rb, 3] = max(bb[rb, 3], bb[ra, 3])
+
+
+@njit(cache=True)
+def _general_level(j, yf, yl, e0, e1, sy, sx, L, R, rmax, W, H, gt, n_gt, buf):
+    """Best IoU over the components and holes of one level whose rows may hold several runs.
+
+    A row's runs are [L, R] cut by its gaps (level events in pairs, right to left). Runs of consecutive
+    rows join by union-find over nodes (8-connected); a single run under a single touching run extends
+    that run's node. Gaps join 4-connected; a gap that touches a background column outside a neighbour
+    row's [L, R] (or a row without foreground, or the image border) reaches the border, the others are
+    holes, whose box is their pixel box grown by one.
+    """
+    par, bb, gpar, gbb, gborder, cx0, cx1, cnode, px0, px1, pnode, hx0, hx1, gnode, phx0, phx1, pgnode = buf
+    best = 0.0
+    nf = 0
+    ngn = 0
+    pc = 0
+    pgc = 0
+    e = e0
+    for y in range(yf, yl + 1):
+        if rmax[y] <= j:
+            pc = 0
+            pgc = 0
+            continue
+        e_start = e
+        while e < e1 and sy[e] == y:
+            e += 1
+        k = (e - e_start) // 2  # gaps in this row
+        right = R[j, y]
+        for q in range(k):
+            b_right = sx[e_start + 2 * q]
+            b_left = sx[e_start + 2 * q + 1]
+            cx0[k - q] = b_right
+            cx1[k - q] = right
+            hx0[k - 1 - q] = b_left
+            hx1[k - 1 - q] = b_right - 1
+            right = b_left - 1
+        cx0[0] = L[j, y]
+        cx1[0] = right
+        cc = k + 1
+        if cc == 1 and pc == 1 and cx0[0] <= px1[0] + 1 and px0[0] <= cx1[0] + 1:
+            root = _find(par, pnode[0])
+            bb[root, 0] = min(bb[root, 0], cx0[0])
+            bb[root, 2] = max(bb[root, 2], cx1[0])
+            bb[root, 3] = y
+            cnode[0] = root
+        else:
+            for q in range(cc):
+                par[nf] = nf
+                bb[nf, 0] = cx0[q]
+                bb[nf, 1] = y
+                bb[nf, 2] = cx1[q]
+                bb[nf, 3] = y
+                cnode[q] = nf
+                nf += 1
+            i = 0
+            q = 0
+            while i < pc and q < cc:
+                if px0[i] <= cx1[q] + 1 and cx0[q] <= px1[i] + 1:
+                    ra = _find(par, pnode[i])
+                    rb = _find(par, cnode[q])
+                    if ra != rb:
+                        par[ra] = rb
+                        _merge_box(bb, ra, rb)
+                if px1[i] < cx1[q]:
+                    i += 1
+                else:
+                    q += 1
+        for q in range(k):
+            g0 = hx0[q]
+            g1 = hx1[q]
+            gpar[ngn] = ngn
+            gbb[ngn, 0] = g0
+            gbb[ngn, 1] = y
+            gbb[ngn, 2] = g1
+            gbb[ngn, 3] = y
+            bd = y == 0 or y == H - 1
+            if not bd:
+                bd = (rmax[y - 1] <= j or g0 < L[j, y - 1] or g1 > R[j, y - 1]
+                      or rmax[y + 1] <= j or g0 < L[j, y + 1] or g1 > R[j, y + 1])
+            gborder[ngn] = bd
+            gnode[q] = ngn
+            ngn += 1
+        i = 0
+        q = 0
+        while i < pgc and q < k:
+            if phx0[i] <= hx1[q] and hx0[q] <= phx1[i]:
+                ra = _find(gpar, pgnode[i])
+                rb = _find(gpar, gnode[q])
+                if ra != rb:
+                    gpar[ra] = rb
+                    _merge_box(gbb, ra, rb)
+                    gborder[rb] = gborder[rb] or gborder[ra]
+            if phx1[i] < hx1[q]:
+                i += 1
+            else:
+                q += 1
+        for q in range(cc):  # this row becomes the previous one (loops: slice copies allocate)
+            px0[q] = cx0[q]
+            px1[q] = cx1[q]
+            pnode[q] = cnode[q]
+        pc = cc
+        for q in range(k):
+            phx0[q] = hx0[q]
+            phx1[q] = hx1[q]
+            pgnode[q] = gnode[q]
+        pgc = k
+    for r in range(nf):
+        if par[r] == r:
+            v = _best_iou_box(bb[r, 0], bb[r, 1], min(bb[r, 2] + 1, W - 1), min(bb[r, 3] + 1, H - 1), gt, n_gt)
+            best = max(best, v)
+    for r in range(ngn):
+        if gpar[r] == r and not gborder[r]:
+            v = _best_iou_box(gbb[r, 0] - 1, gbb[r, 1] - 1, min(gbb[r, 2] + 2, W - 1), min(gbb[r, 3] + 2, H - 1),
+                              gt, n_gt)
+            best = max(best, v)
+    return best
+
+
+@njit(cache=True)
+def _all_contours_levels(u8, levels, gt, n_gt, out):
+    """Best IoU over all tree-mode contours at each cut level (see the module docstring).
 
     u8 (H, W) uint8; levels (K,) cut levels (foreground is ``u8 > level``); gt (G, 4) inclusive ints,
     the first n_gt valid; out (K,) float64, written.
-
-    Along each row, the foreground of level j changes only where the level index ("rank") of two
-    neighbouring pixels straddles j; those crossings are bucketed by (level, row) once, and each level
-    is then labelled from its runs (foreground 8-connected, background 4-connected, the border flagged).
     """
     H, W = u8.shape
-    K = levels.shape[0]
-    vmax = 0
-    for y in range(H):
-        for x in range(W):
-            if u8[y, x] > vmax:
-                vmax = u8[y, x]
-    if vmax == 0:
-        val = _best_iou_box(0, 0, 0, 0, gt, n_gt)
-        for k in range(K):
-            out[k] = val
-        return
-    used = np.zeros(256, np.bool_)
-    for k in range(K):
-        used[levels[k]] = True
-    lvl_index = np.full(256, -1, np.int64)
-    lut = np.zeros(256, np.int64)
-    n = 0
-    for v in range(256):
-        lut[v] = n  # rank(v) = number of levels below v; foreground at level j iff rank > j
-        if used[v]:
-            lvl_index[v] = n
-            n += 1
-    # crossings per (row, level), in x order; keys y * n + j keep a pixel pair's levels contiguous
-    cnt = np.zeros(n * H + 1, np.int64)
-    for y in range(H):
-        a = lut[u8[y, 0]]
-        for x in range(1, W):
-            b = lut[u8[y, x]]
-            if a != b:
-                for j in range(min(a, b), max(a, b)):
-                    cnt[y * n + j + 1] += 1
-            a = b
-    for i in range(n * H):
-        cnt[i + 1] += cnt[i]
-    ev = np.empty(cnt[n * H], np.int32)
-    fill = cnt[: n * H].copy()
-    for y in range(H):
-        a = lut[u8[y, 0]]
-        for x in range(1, W):
-            b = lut[u8[y, x]]
-            if a != b:
-                for j in range(min(a, b), max(a, b)):
-                    ev[fill[y * n + j]] = x
-                    fill[y * n + j] += 1
-            a = b
-    per_level = np.zeros(n, np.int64)
-    for y in range(H):
-        for j in range(n):
-            per_level[j] += cnt[y * n + j + 1] - cnt[y * n + j]
-    cap = H + per_level.max()
-    fx0 = np.empty(cap, np.int32)
-    fx1 = np.empty(cap, np.int32)
-    fy = np.empty(cap, np.int32)
-    gx0 = np.empty(cap, np.int32)
-    gx1 = np.empty(cap, np.int32)
-    gy = np.empty(cap, np.int32)
-    frow = np.empty(H + 1, np.int64)
-    grow_ = np.empty(H + 1, np.int64)
-    par = np.empty(cap, np.int32)
-    bb = np.empty((cap, 4), np.int32)
-    border = np.empty(cap, np.bool_)
-    best_fg = np.zeros(n, np.float64)
-    best_hole = np.zeros(n, np.float64)
-    row_max = np.zeros(H, np.int64)
-    for y in range(H):
-        for x in range(W):
-            row_max[y] = max(row_max[y], lut[u8[y, x]])
-    y_first = 0  # the top level j = n - 1 still has foreground (the map's max), so these stay in range
-    y_last = H - 1
+    rank, index, n = _level_ranks(levels)
+    L = np.empty((n, H), np.int32)
+    R = np.empty((n, H), np.int32)
+    rmax = np.zeros(H, np.int32)
+    evj, evx, rowend, ne = _row_scan(u8, rank, n, L, R, rmax)
+    start, sy, sx = _events_by_level(evj, evx, rowend, ne, n)
+    cap = H + ne // 2 + 2  # nodes of one level: at most one per run
+    wr = W // 2 + 2  # runs (and gaps) of one row
+    buf = (np.empty(cap, np.int32), np.empty((cap, 4), np.int32), np.empty(cap, np.int32),
+           np.empty((cap, 4), np.int32), np.empty(cap, np.bool_), np.empty(wr, np.int32), np.empty(wr, np.int32),
+           np.empty(wr, np.int32), np.empty(wr, np.int32), np.empty(wr, np.int32), np.empty(wr, np.int32),
+           np.empty(wr, np.int32), np.empty(wr, np.int32), np.empty(wr, np.int32), np.empty(wr, np.int32),
+           np.empty(wr, np.int32), np.empty(wr, np.int32))
+    best = np.zeros(n, np.float64)
+    empty = _best_iou_box(0, 0, 0, 0, gt, n_gt)  # no contour: the box (0, 0, 0, 0)
+    yf = 0
+    yl = H - 1
     for j in range(n):
-        # foreground runs; two of them in an inner row enclose an interior background run, and
-        # without such a run no background component can avoid the border: no hole at this level
-        # rows with foreground at level j lie in [y_first, y_last], a range that only shrinks with j
-        while row_max[y_first] <= j:
-            y_first += 1
-        while row_max[y_last] <= j:
-            y_last -= 1
-        nf = 0
-        interior = False
-        for y in range(y_first, y_last + 1):
-            frow[y] = nf
-            if row_max[y] <= j:
-                continue
-            first = nf
-            fg = lut[u8[y, 0]] > j
-            start = 0
-            e0 = cnt[y * n + j]
-            e1 = cnt[y * n + j + 1]
-            for e in range(e0, e1 + 1):
-                x = ev[e] if e < e1 else W
-                if fg:
-                    fx0[nf] = start
-                    fx1[nf] = x - 1
-                    fy[nf] = y
-                    nf += 1
-                start = x
-                fg = not fg
-            if nf - first >= 2 and 0 < y < H - 1:
-                interior = True
-        frow[y_last + 1] = nf
-        _label_runs(fx0, fx1, fy, frow, y_first, y_last, H, W, True, par, bb, border)
-        best = 0.0
-        for r in range(nf):
-            if par[r] == r:
-                v = _best_iou_box(bb[r, 0], bb[r, 1], min(bb[r, 2] + 1, W - 1), min(bb[r, 3] + 1, H - 1),
-                                  gt, n_gt)
-                if v > best:
-                    best = v
-        best_fg[j] = best
-        if not interior:
-            continue
-        # rows outside [y_first - 1, y_last + 1] are all background and reach the border: leave them out
-        ya = max(y_first - 1, 0)
-        yb = min(y_last + 1, H - 1)
-        ng = 0
-        for y in range(ya, yb + 1):
-            grow_[y] = ng
-            fg = lut[u8[y, 0]] > j
-            start = 0
-            e0 = cnt[y * n + j]
-            e1 = cnt[y * n + j + 1]
-            for e in range(e0, e1 + 1):
-                x = ev[e] if e < e1 else W
-                if not fg:
-                    gx0[ng] = start
-                    gx1[ng] = x - 1
-                    gy[ng] = y
-                    ng += 1
-                start = x
-                fg = not fg
-        grow_[yb + 1] = ng
-        _label_runs(gx0, gx1, gy, grow_, ya, yb, H, W, False, par, bb, border)
-        best = 0.0
-        for r in range(ng):
-            if par[r] == r and not border[r]:
-                v = _best_iou_box(bb[r, 0] - 1, bb[r, 1] - 1, min(bb[r, 2] + 2, W - 1),
-                                  min(bb[r, 3] + 2, H - 1), gt, n_gt)
-                if v > best:
-                    best = v
-        best_hole[j] = best
-    for k in range(K):
-        j = lvl_index[levels[k]]
-        out[k] = max(best_fg[j], best_hole[j])
+        # rows with foreground at level j lie in [yf, yl], a range that only shrinks as j grows
+        while yf <= yl and rmax[yf] <= j:
+            yf += 1
+        while yl >= yf and rmax[yl] <= j:
+            yl -= 1
+        if yf > yl:
+            best[j] = empty
+        elif start[j] == start[j + 1]:
+            best[j] = _chain_level(j, yf, yl, L, R, rmax, W, H, gt, n_gt)
+        else:
+            best[j] = _general_level(j, yf, yl, start[j], start[j + 1], sy, sx, L, R, rmax, W, H, gt, n_gt, buf)
+    for k in range(out.shape[0]):
+        out[k] = best[index[min(max(levels[k], -1), 255) + 1]]
 
 
 @njit(cache=True)
 def _all_contours_serial(u8, levels, gt, n_gt, out):
     for i in range(u8.shape[0]):
-        _all_contours_runs(u8[i], levels[i], gt[i], n_gt[i], out[i])
+        _all_contours_levels(u8[i], levels[i], gt[i], n_gt[i], out[i])
 
 
 @njit(cache=True, parallel=True)
 def _all_contours_parallel(u8, levels, gt, n_gt, out):
     for i in prange(u8.shape[0]):
-        _all_contours_runs(u8[i], levels[i], gt[i], n_gt[i], out[i])
+        _all_contours_levels(u8[i], levels[i], gt[i], n_gt[i], out[i])
 
 
 def _all_contours_batch(u8, levels, gt, n_gt, out, parallel=False):

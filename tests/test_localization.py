@@ -158,6 +158,47 @@ def test_one_pixel_line_has_zero_contour_area():
     assert (v1 == 1).all()
 
 
+def _binary(rows):
+    """A float map from strings: '#' = 1.0, '.' = 0.0."""
+    return np.array([[1.0 if c == "#" else 0.0 for c in r] for r in rows], np.float32)
+
+
+@pytest.mark.parametrize("rows, boxes", [
+    # single-run rows, 8-connected across a diagonal step: one chain, one box
+    (["###....", "...###.", "......#"], [[0, 0, 6, 2]]),  # x1 = 6 + 1 clipped to W - 1
+    # single-run rows that do not touch: two chains
+    (["##.....", "....###", "......."], [[0, 0, 2, 1], [4, 1, 6, 2]]),
+    # a U: two runs per row joined by the bottom row (union-find across rows)
+    (["#...#", "#...#", "#####", "....."], [[0, 0, 4, 3]]),  # the U's inside reaches the top
+    # a C open to the top: the gap's upper neighbour row has background outside its [first, last]
+    (["#.....", "#..#..", "####..", "......"], [[0, 0, 4, 3]]),
+    # a ring touching the right and bottom border: outer box plus the hole grown by one
+    ([".....", ".....", "..###", "..#.#", "..###"], [[2, 2, 4, 4], [2, 2, 4, 4]]),
+    # two holes side by side in one component
+    (["#######", "#.#.#.#", "#######", "......."], [[0, 0, 6, 3], [0, 0, 3, 3], [2, 0, 5, 3], [4, 0, 6, 3]]),
+])
+def test_binary_shapes_boxes_match_reference(rows, boxes):
+    m = _binary(rows)
+    u8 = scoremap_to_uint8(m)
+    assert sorted(boxes_at_threshold(u8, 0.5).tolist()) == sorted(boxes)
+    rng = np.random.default_rng(len(rows[0]))
+    H, W = m.shape
+    for gt in [np.array([b], np.float64) for b in boxes] + [_random_boxes(rng, H, W) for _ in range(3)]:
+        v2, _ = both(m, gt)
+        np.testing.assert_array_equal(v2, ref_best_ious(m, gt, GRID, multi_contour=True))
+
+
+def test_thresholds_outside_unit_interval_match_reference():
+    # a negative cut keeps every pixel; a cut at or above the max keeps none: box (0, 0, 0, 0)
+    rng = np.random.default_rng(2)
+    m = _random_map(rng, 17, 23, "blobs+noise")
+    gt = np.array([[0.0, 0.0, 22.0, 16.0], [3.0, 4.0, 9.0, 12.0]])
+    thresholds = np.array([0.5, -0.3, 1.0, 1.7, 0.0, -2.0, 0.99])
+    got = best_ious_all_contours(m[None], gt[None], thresholds=thresholds)[0]
+    np.testing.assert_array_equal(got, ref_best_ious(m, gt, thresholds, multi_contour=True))
+    assert got[1] == ref_best_ious(np.ones_like(m), gt, [0.0], True)[0]  # every pixel foreground
+
+
 # --- random maps against the plain reference ----------------------------------------------------
 def _random_map(rng, H, W, kind):
     if kind == "smooth":  # low-resolution noise upsampled, like a CAM
@@ -182,6 +223,17 @@ def _random_map(rng, H, W, kind):
         return (rng.integers(0, 4, (H, W)) / 3).astype(np.float32)
     if kind == "dim":  # all scores below 1/255 except none: no contour at any threshold
         return np.full((H, W), 0.003, np.float32)
+    if kind == "multi-blob":  # several peaks in the same rows: many levels with two or more runs per row
+        yy, xx = np.mgrid[:H, :W]
+        m = sum(rng.uniform(0.3, 1) * np.exp(-((yy - rng.uniform(0, H)) ** 2 + (xx - rng.uniform(0, W)) ** 2)
+                                            / rng.uniform(2, 30)) for _ in range(6))
+        return (m / m.max()).astype(np.float32)
+    if kind == "border-rings":  # rings centred near an edge or corner: holes next to the image border
+        yy, xx = np.mgrid[:H, :W]
+        cy, cx = rng.choice([0, H - 1]) + rng.uniform(-2, 2), rng.choice([0, W - 1]) + rng.uniform(-2, 2)
+        r = np.hypot(yy - cy, xx - cx)
+        m = np.cos(r / rng.uniform(1, 3)) ** 2 + 0.1 * rng.random((H, W))
+        return (m / m.max()).astype(np.float32)
     raise ValueError(kind)
 
 
@@ -192,7 +244,7 @@ def _random_boxes(rng, H, W):
     return np.stack([xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], axis=1)
 
 
-KINDS = ["smooth", "blobs+noise", "ring", "noise", "ties", "dim"]
+KINDS = ["smooth", "blobs+noise", "ring", "noise", "ties", "dim", "multi-blob", "border-rings"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
