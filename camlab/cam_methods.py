@@ -114,10 +114,11 @@ def gradcam_pp_map(a: Tensor, g: Tensor) -> Tensor:
     >>> gradcam_pp_map(a, g).tolist()
     [[[0.10000000149011612, 0.20000000298023224], [0.0, 0.30000001192092896]]]
     """
-    g2, g3 = g.pow(2), g.pow(3)
-    denom = 2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g3  # (B, K, h, w)
-    alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), 0.0)
-    w = (alpha * torch.relu(g)).sum(dim=(2, 3), keepdim=True)  # (B, K, 1, 1)
+    # Where g > 0 (the only places ReLU(g) keeps), alpha * ReLU(g) = g^3 / (g^2 (2 + s g)) = g / (2 + s g):
+    # the same numbers in four elementwise passes instead of eight.
+    pos = torch.relu(g)  # (B, K, h, w)
+    denom = 2 + a.sum(dim=(2, 3), keepdim=True) * pos  # (B, K, h, w); = 2 + s g where g > 0
+    w = torch.where(denom != 0, pos / denom, 0.0).sum(dim=(2, 3), keepdim=True)  # (B, K, 1, 1)
     return torch.relu((w * a).sum(dim=1))  # (B, h, w)
 
 
