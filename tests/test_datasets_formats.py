@@ -236,3 +236,12 @@ def test_eval_transform_normalizes_with_imagenet_statistics():
     for c in range(3):
         assert torch.allclose(out[c], torch.full((16, 16), want[c]), atol=1e-6)
     assert torch.allclose(boxes, torch.tensor([[5 * 16 / 50, 3 * 16 / 30, 25 * 16 / 50, 15 * 16 / 30]]))
+
+
+def test_cub_val_from_train_holds_out_part_of_train(trees):
+    root = trees / "cub"
+    parts = {s: build("cub", root, s, val_from="train", val_fraction=0.34) for s in ("train", "val", "test")}
+    train_names = {s.name for s in fx.SPECS if s.split == "train"}
+    got = {s: {stem(r.path) for r in parts[s].records} for s in parts}
+    assert len(got["val"]) == 1 and got["train"] | got["val"] == train_names and not got["train"] & got["val"]
+    assert got["test"] == {s.name for s in fx.SPECS if s.split != "train"}
