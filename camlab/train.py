@@ -8,15 +8,16 @@ callbacks, loggers and trainer, fits, tests the best checkpoint, and returns the
 from __future__ import annotations
 
 import logging
-import math
 import os
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from camlab.resume import last_checkpoint
 from camlab.utils import (
     ConfigError,
     cleanup_distributed,
+    configure_wandb,
     describe_error,
     finish_experiment_trackers,
     install_ddp_child_command,
@@ -39,7 +40,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     rank = int(os.environ.get("LOCAL_RANK", 0))
     log.info("rank %d overrides: %s", rank, " ".join(HydraConfig.get().overrides.task))
-    L.seed_everything(cfg.seed, workers=True)
+    seed = L.seed_everything(cfg.seed, workers=True)  # recorded: logged here and in every logger's hparams
+    log.info("seed %d", seed)
     if cfg.trainer.get("accelerator") == "cpu":
         torch.set_float32_matmul_precision("high")
 
@@ -48,13 +50,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if hasattr(model, "run_config"):  # saved in checkpoints (camlab-eval / camlab-predict rebuild from it)
         model.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = instantiate_group(cfg.get("callbacks"))
+    configure_wandb(cfg)  # W&B name/group from the job, run id kept in the run dir (resume continues the run)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     for lg in trainer.loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "seed": seed})
 
     ckpt_path = resolve_ckpt_path(cfg)
+    if ckpt_path is None and cfg.get("train", True):
+        # A reused run dir (hydra.run.dir=<old run>, a requeued SLURM job) continues from its last checkpoint.
+        ckpt_path = last_checkpoint(cfg.paths.checkpoint_dir)
+        if ckpt_path:
+            log.info("resuming from %s (this run dir already has a last checkpoint)", ckpt_path)
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     else:
@@ -90,10 +98,9 @@ def main(cfg: DictConfig) -> float | None:
     finally:
         finish_experiment_trackers()
         cleanup_distributed()
-    value = metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return value
+    # The sweep objective (Optuna). A NaN (diverged run) is returned as NaN: Optuna records that trial as
+    # failed and the search goes on.
+    return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
 
 
 if __name__ == "__main__":

@@ -100,12 +100,57 @@ def install_ddp_child_command(module: str) -> None:
             f'hydra.run.dir="{out_dir}"',
             f"hydra.job.name=train_ddp_process_{local_rank}",
             "hydra.output_subdir=null",
+            "hydra.mode=RUN",  # hparams_search configs set MULTIRUN: a child must not start a sweep of its own
         ]
         return command, get_original_cwd()
 
     # Both modules hold a reference (the pytorch one imports the fabric function by name).
     fabric_launcher._hydra_subprocess_cmd = _child_command
     pytorch_launcher._hydra_subprocess_cmd = _child_command
+
+
+def configure_wandb(cfg: DictConfig) -> None:
+    """Give the job's W&B logger (if any) its identity: name, group and a run id kept in the run dir.
+
+    Unset ``name`` -> the job's overrides (``hydra.job.override_dirname``), or ``task_name`` without any;
+    unset ``group`` -> ``task_name`` for a single run, ``<task_name>-<sweep dir name>`` for the jobs of a
+    multirun (one group per sweep); unset ``id`` -> the id stored in ``<save_dir>/wandb/camlab_run_id``
+    when the run dir is reused (a resumed or requeued run continues the same W&B run, ``resume="allow"``),
+    else a new id, stored there (by rank 0).
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.pytorch.utilities import rank_zero_only
+    from omegaconf import open_dict
+
+    nodes = [n for n in (cfg.get("logger") or {}).values()
+             if isinstance(n, DictConfig) and str(n.get("_target_", "")).endswith("WandbLogger")]
+    if not nodes:
+        return
+    hc = HydraConfig.get()
+    for node in nodes:
+        with open_dict(node):
+            if not node.get("name"):
+                node.name = hc.job.override_dirname or cfg.task_name
+            if not node.get("group"):
+                multirun = hc.mode == RunMode.MULTIRUN
+                node.group = f"{cfg.task_name}-{Path(hc.sweep.dir).name}" if multirun else cfg.task_name
+            if not node.get("id"):
+                node.id = _stored_wandb_run_id(Path(node.save_dir) / "wandb", write=rank_zero_only.rank == 0)
+                node.resume = "allow"
+
+
+def _stored_wandb_run_id(wandb_dir: Path, write: bool) -> str:
+    import uuid
+
+    id_file = wandb_dir / "camlab_run_id"
+    if id_file.is_file() and id_file.read_text().strip():
+        return id_file.read_text().strip()
+    run_id = uuid.uuid4().hex[:8]
+    if write:
+        wandb_dir.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(run_id + "\n")
+    return run_id
 
 
 def finish_experiment_trackers() -> None:

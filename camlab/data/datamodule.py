@@ -85,6 +85,8 @@ class WSOLDataModule(L.LightningDataModule):
         self._image_size = image_size
         self._class_names = list(class_names) if class_names is not None else None
         self.seed = seed
+        self._shuffle_generator: torch.Generator | None = None
+        self._resume_shuffle_state: torch.Tensor | None = None
 
     # ---------------------------------------------------------------------------------------- datasets
     def dataset(self, split: str) -> Dataset:
@@ -164,6 +166,10 @@ class WSOLDataModule(L.LightningDataModule):
         generator = None
         if shuffle and self.seed is not None:
             generator = torch.Generator().manual_seed(self.seed)
+            if self._resume_shuffle_state is not None:  # a resumed run continues the interrupted order
+                generator.set_state(self._resume_shuffle_state)
+                self._resume_shuffle_state = None
+            self._shuffle_generator = generator
         return DataLoader(
             self.dataset(split),
             batch_size=batch_size,
@@ -175,6 +181,16 @@ class WSOLDataModule(L.LightningDataModule):
             collate_fn=collate_skipping,  # collate_wsol minus images skipped as unreadable
             generator=generator,
         )
+
+    # ------------------------------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        """The training shuffle generator's state: saved in checkpoints, so a resumed run keeps the data order."""
+        gen = self._shuffle_generator
+        return {} if gen is None else {"shuffle_generator": gen.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning restores the datamodule before it builds the loaders: the next train loader picks it up.
+        self._resume_shuffle_state = state_dict.get("shuffle_generator")
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.batch_size, self.drop_last)

@@ -1,0 +1,84 @@
+"""Resuming a killed run exactly: the checkpoint to continue from, and the random state Lightning does not save.
+
+A Lightning checkpoint holds weights, optimizer, scheduler and loop counters, but not the global random number
+generators. After a resume, ``seed_everything`` puts them back at the start of the run, so the epochs after the
+checkpoint would see other augmentations (flips) than an uninterrupted run. ``RandomStateCheckpoint`` saves
+every rank's global RNG states (torch, CUDA, numpy, Python) in the checkpoint and puts them back on restore.
+(The training shuffle order is the datamodule's: ``WSOLDataModule.state_dict`` keeps its generator.)
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+
+
+def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
+    """``<checkpoint_dir>/last.ckpt`` if it exists (the run dir is being reused: continue that run), else None.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> last_checkpoint(d) is None
+    True
+    >>> _ = (d / "last.ckpt").write_bytes(b"x")
+    >>> last_checkpoint(d) == str(d / "last.ckpt")
+    True
+    """
+    path = Path(checkpoint_dir) / "last.ckpt"
+    return str(path) if path.is_file() else None
+
+
+def global_rng_state() -> dict[str, Any]:
+    """This process's global RNG states, as tensors and plain values (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_global_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`global_rng_state`.
+
+    >>> s = global_rng_state(); a = (torch.rand(2), np.random.rand(), random.random())
+    >>> set_global_rng_state(s); b = (torch.rand(2), np.random.rand(), random.random())
+    >>> bool(torch.equal(a[0], b[0])) and a[1:] == b[1:]
+    True
+    """
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RandomStateCheckpoint(L.Callback):
+    """Save the global random state of every rank with each checkpoint; restore it when a run resumes.
+
+    Under DDP every rank's state is gathered (checkpoints are dumped on all ranks, written by rank 0) and each
+    rank gets its own back; a checkpoint from a different world size restores rank 0's state on every rank.
+    Lightning restores callbacks before it builds the training loader and its first iterator, the same point
+    in the random sequence as right after the save in an uninterrupted run.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        mine = global_rng_state()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            ranks: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(ranks, mine)
+        else:
+            ranks = [mine]
+        return {"ranks": ranks}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        ranks = state_dict["ranks"]
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank = torch.distributed.get_rank() if dist else 0
+        set_global_rng_state(ranks[rank] if rank < len(ranks) else ranks[0])
