@@ -122,6 +122,49 @@ def _valid_unit_range(maps):
     return True
 
 
+@njit(cache=True)
+def _u8_unit_f32(maps, bits, u8, vmax):
+    # maps (B, N) float32 and the same memory as uint32 bits; writes u8 = (map * 255) truncated (float32
+    # product, as numpy's), vmax (B,) per-image max of u8. Returns whether every value is in [0, 1]: a
+    # float32 in [0, 1] (or -0.0) has bits <= those of 1.0; NaN and negatives do not. Branch-free: one
+    # vectorized pass.
+    ok = True
+    for i in range(maps.shape[0]):
+        mx = np.int32(0)
+        bad = False
+        for p in range(maps.shape[1]):
+            u = np.int32(maps[i, p] * np.float32(255.0))
+            u8[i, p] = u
+            mx = max(mx, u)
+            b = bits[i, p]
+            bad |= (b > np.uint32(0x3F800000)) & (b != np.uint32(0x80000000))
+        vmax[i] = mx
+        ok &= not bad
+    return ok
+
+
+def _scoremaps_u8(maps: np.ndarray, check: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(B, H, W) float maps -> (uint8 maps as :func:`scoremap_to_uint8`, (B,) int64 max of each).
+
+    float32 maps take one fused pass that also checks the range; with ``check`` a value outside [0, 1]
+    (or NaN) raises ValueError.
+    """
+    B = maps.shape[0]
+    if maps.dtype == np.float32 and maps.size:
+        flat = np.ascontiguousarray(maps).reshape(B, -1)
+        u8 = np.empty(flat.shape, np.uint8)
+        vmax = np.empty(B, np.int64)
+        ok = _u8_unit_f32(flat, flat.view(np.uint32), u8, vmax)
+        if check and not ok:
+            raise ValueError("score maps must be in [0, 1] without NaN (see normalize_cams)")
+        return u8.reshape(maps.shape), vmax
+    if check:
+        check_scoremaps(maps)
+    u8 = scoremap_to_uint8(maps)
+    vmax = u8.reshape(B, -1).max(axis=1).astype(np.int64) if u8.size else np.zeros(B, np.int64)
+    return u8, vmax
+
+
 def check_scoremaps(maps: np.ndarray) -> None:
     """Raise ValueError unless every value is in [0, 1] (no NaN), as wsoleval's evaluator requires.
 
@@ -132,7 +175,13 @@ def check_scoremaps(maps: np.ndarray) -> None:
         ...
         ValueError: score maps must be in [0, 1] without NaN (see normalize_cams)
     """
-    if not _valid_unit_range(np.ascontiguousarray(maps)):
+    maps = np.ascontiguousarray(maps)
+    if maps.dtype == np.float32 and maps.size:
+        flat = maps.reshape(1, -1)
+        ok = _u8_unit_f32(flat, flat.view(np.uint32), np.empty(flat.shape, np.uint8), np.empty(1, np.int64))
+    else:
+        ok = _valid_unit_range(maps)
+    if not ok:
         raise ValueError("score maps must be in [0, 1] without NaN (see normalize_cams)")
 
 
@@ -617,7 +666,7 @@ def _all_contours_batch(u8, levels, gt, n_gt, out, parallel=False):
     (_all_contours_parallel if parallel else _all_contours_serial)(u8, levels, gt, n_gt, out)
 
 
-def _prepare(scoremaps, gt_boxes, num_boxes, thresholds):
+def _as_maps(scoremaps) -> np.ndarray:
     if isinstance(scoremaps, torch.Tensor):
         scoremaps = scoremaps.detach().cpu().numpy()
     scoremaps = np.asarray(scoremaps)
@@ -625,10 +674,13 @@ def _prepare(scoremaps, gt_boxes, num_boxes, thresholds):
         scoremaps = scoremaps[None]
     if scoremaps.ndim != 3:
         raise ValueError(f"scoremaps must be (B, H, W), got shape {scoremaps.shape}")
+    return scoremaps
+
+
+def _prepare_gt(gt_boxes, num_boxes, B: int) -> tuple[np.ndarray, np.ndarray]:
     gt = gt_boxes_to_int(gt_boxes)
     if gt.ndim == 2:
         gt = gt[None]
-    B = scoremaps.shape[0]
     if gt.shape[0] != B or gt.shape[-1] != 4:
         raise ValueError(f"boxes must be (B, G, 4) with B={B}, got shape {gt.shape}")
     if num_boxes is None:
@@ -638,12 +690,21 @@ def _prepare(scoremaps, gt_boxes, num_boxes, thresholds):
                           dtype=np.int64).reshape(B)
     if (n_gt < 1).any() or (n_gt > gt.shape[1]).any():
         raise ValueError("every image needs 1 <= num_boxes <= G ground-truth boxes")
-    u8 = scoremap_to_uint8(scoremaps)  # (B, H, W)
-    thresholds = np.asarray(thresholds, dtype=np.float64)
-    vmax = u8.reshape(B, -1).max(axis=1) if u8.size else np.zeros(B, np.int64)
+    return np.ascontiguousarray(gt), n_gt
+
+
+def _cut_levels(vmax: np.ndarray, thresholds) -> np.ndarray:
     # int(float(t) * int(max)) per image: the same float64 products, truncated toward zero
-    levels = np.trunc(vmax.astype(np.float64)[:, None] * thresholds[None, :]).astype(np.int64)
-    return u8, np.ascontiguousarray(gt), n_gt, levels
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    return np.trunc(vmax.astype(np.float64)[:, None] * thresholds[None, :]).astype(np.int64)
+
+
+def _prepare(scoremaps, gt_boxes, num_boxes, thresholds, u8=None, vmax=None):
+    """(u8 maps, int GT boxes, valid GT counts, cut levels) of a batch; u8/vmax may come precomputed."""
+    if u8 is None:
+        u8, vmax = _scoremaps_u8(_as_maps(scoremaps), check=False)
+    gt, n_gt = _prepare_gt(gt_boxes, num_boxes, u8.shape[0])
+    return u8, gt, n_gt, _cut_levels(vmax, thresholds)
 
 
 def best_ious_all_contours(scoremaps, gt_boxes, num_boxes=None, thresholds=None) -> np.ndarray:
@@ -688,7 +749,10 @@ def best_ious_largest_contour(scoremaps, gt_boxes, num_boxes=None, thresholds=No
         array([[0.]])
     """
     thresholds = threshold_grid() if thresholds is None else thresholds
-    u8, gt, n_gt, levels = _prepare(scoremaps, gt_boxes, num_boxes, thresholds)
+    return _largest_contour_ious(*_prepare(scoremaps, gt_boxes, num_boxes, thresholds))
+
+
+def _largest_contour_ious(u8, gt, n_gt, levels) -> np.ndarray:
     B, H, W = u8.shape
     out = np.zeros(levels.shape, dtype=np.float64)
     for i in range(B):
@@ -785,6 +849,52 @@ def _pxap_hist_batch(scores, masks, edges, lut, out):
             else:
                 continue
             out[i, 1 - m, b] += 1
+
+
+_PXAP_LUT_SIZE = 4096  # buckets of [0, 1] for the histogram of maps known to lie in [0, 1]
+
+
+@njit(cache=True)
+def _pxap_hist_unit(scores, masks, edges, lut, cat, out):
+    # scores (B, N) float in [0, 1]; masks (B, N) uint8; edges (K + 3,); lut (S + 1,): 1 + bin of k / S
+    # (0: below the first edge); cat (256,): 0 foreground, 1 background, 2 dropped; out (B, 2, K + 2).
+    # Needs at most one edge inside any bucket (edge spacing > 1 / S): one compare then fixes the bin.
+    # No branches; four interleaved sub-histograms break the read-modify-write chains of equal bins.
+    K = edges.shape[0] - 3
+    S = lut.shape[0] - 1
+    nb = K + 3
+    sub = np.zeros((4, 3, nb), np.int32)
+    for i in range(scores.shape[0]):
+        sub[:] = 0
+        for p in range(scores.shape[1]):
+            s = np.float64(scores[i, p])
+            b = lut[np.int64(s * S)]
+            b += edges[b] <= s  # edges[b] is the upper edge of bin b - 1
+            sub[p & 3, cat[masks[i, p]], b] += 1
+        for q in range(4):
+            for c in range(2):
+                for b in range(1, nb):
+                    out[i, c, b - 1] += sub[q, c, b]
+
+
+def _pxap_histograms_unit(maps: np.ndarray, masks: np.ndarray, thresholds) -> np.ndarray:
+    """:func:`pxap_histograms` of (B, H, W) maps already checked to lie in [0, 1]; (B, 2, K + 2) int64."""
+    edges = pxap_bin_edges(thresholds)
+    K = edges.shape[0] - 3
+    if K < 1 or np.any(np.diff(edges) <= 0) or edges[0] < 0 or edges[K - 1] >= 1:
+        raise ValueError("thresholds must be strictly increasing values in [0, 1)")
+    if np.diff(edges[: K + 1]).min(initial=1.0) <= 1.0 / _PXAP_LUT_SIZE:
+        return pxap_histograms(maps, masks, thresholds)  # edges too dense for one fix-up compare
+    B = maps.shape[0]
+    out = np.zeros((B, 2, K + 2), dtype=np.int64)
+    if maps.size == 0:
+        return out
+    lut = np.searchsorted(edges[: K + 1], np.arange(_PXAP_LUT_SIZE + 1) / _PXAP_LUT_SIZE, side="right")
+    cat = np.full(256, 2, np.int64)
+    cat[1], cat[0] = 0, 1
+    _pxap_hist_unit(np.ascontiguousarray(maps).reshape(B, -1), np.ascontiguousarray(masks, np.uint8).reshape(B, -1),
+                    edges, lut.astype(np.int64), cat, out)
+    return out
 
 
 def pxap_histograms(scoremaps, masks, thresholds=None) -> np.ndarray:

@@ -23,10 +23,13 @@ from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
 from camlab.localization import (
-    best_ious_per_threshold,
-    check_scoremaps,
+    _all_contours_batch,
+    _cut_levels,
+    _largest_contour_ious,
+    _prepare_gt,
+    _pxap_histograms_unit,
+    _scoremaps_u8,
     pxap_from_histograms,
-    pxap_histograms,
     threshold_grid,
 )
 
@@ -54,15 +57,26 @@ def resolve_thresholds(cam_thresholds) -> np.ndarray:
     return grid
 
 
-def _check_maps(cams: Tensor) -> np.ndarray:
-    if not isinstance(cams, Tensor) or cams.ndim != 3:
-        raise ValueError(f"cams must be a (B, H, W) tensor, got {getattr(cams, 'shape', type(cams))}")
-    maps = cams.detach().to("cpu", torch.float32).numpy()
-    try:
-        check_scoremaps(maps)
-    except ValueError:
-        raise ValueError("cams must be normalized to [0, 1] without NaN (see localization.normalize_cams)")
-    return maps
+class _ScoreMaps:
+    """A batch of score maps converted once: float32 (B, H, W) numpy maps, their uint8 maps and maxima.
+
+    :class:`WSOLMetrics` builds one per batch and hands it to every sub-metric's ``update`` in place of the
+    tensor, so the maps are copied, range-checked and converted to uint8 once (one fused pass).
+    """
+
+    def __init__(self, cams: Tensor) -> None:
+        if not isinstance(cams, Tensor) or cams.ndim != 3:
+            raise ValueError(f"cams must be a (B, H, W) tensor, got {getattr(cams, 'shape', type(cams))}")
+        self.maps = cams.detach().to("cpu", torch.float32).numpy()
+        try:
+            self.u8, self.vmax = _scoremaps_u8(self.maps, check=True)
+        except ValueError:
+            raise ValueError("cams must be normalized to [0, 1] without NaN (see localization.normalize_cams)")
+        self.shape = self.maps.shape
+
+
+def _check_maps(cams) -> _ScoreMaps:
+    return cams if isinstance(cams, _ScoreMaps) else _ScoreMaps(cams)
 
 
 def _check_index(index, batch: int) -> Tensor:
@@ -139,14 +153,13 @@ class BoxAccuracy(_RowMetric):
         """cams (B, H, W) in [0, 1]; boxes (B, G, 4) xyxy padded; num_boxes (B,); index (B,)."""
         maps = _check_maps(cams)
         index = _check_index(index, maps.shape[0])
+        gt, n_gt = _prepare_gt(boxes, num_boxes, maps.shape[0])
+        levels = _cut_levels(maps.vmax, self.thresholds)
         if self.multi_contour:
-            from camlab.localization import _all_contours_batch, _prepare
-
-            u8, gt, n_gt, levels = _prepare(maps, boxes, num_boxes, self.thresholds)
             ious = np.zeros(levels.shape, dtype=np.float64)
-            _all_contours_batch(u8, levels, gt, n_gt, ious, parallel=self.parallel)
+            _all_contours_batch(maps.u8, levels, gt, n_gt, ious, parallel=self.parallel)
         else:
-            ious = best_ious_per_threshold(maps, boxes, num_boxes, self.thresholds, multi_contour=False)
+            ious = _largest_contour_ious(maps.u8, gt, n_gt, levels)
         self.index.append(index.to(self.device))
         self.ious.append(torch.from_numpy(ious).to(self.device))
 
@@ -204,7 +217,7 @@ class PxAP(_RowMetric):
         index = _check_index(index, maps.shape[0])
         if tuple(masks.shape) != maps.shape:
             raise ValueError(f"masks {tuple(masks.shape)} must match cams {maps.shape}")
-        hist = pxap_histograms(maps, masks.detach().cpu().to(torch.uint8).numpy(), self.thresholds)
+        hist = _pxap_histograms_unit(maps.maps, masks.detach().cpu().to(torch.uint8).numpy(), self.thresholds)
         self.index.append(index.to(self.device))
         self.hist.append(torch.from_numpy(hist.astype(np.int32)).to(self.device))  # (B, 2, T + 2)
 
@@ -278,7 +291,14 @@ class TopKLocalization(_RowMetric):
         index = _check_index(index, maps.shape[0])
         if logits.ndim != 2 or logits.shape[0] != maps.shape[0] or labels.reshape(-1).shape[0] != maps.shape[0]:
             raise ValueError("logits must be (B, C) and labels (B,) for the batch of cams")
-        iou = best_ious_per_threshold(maps, boxes, num_boxes, [self.cam_threshold], self.multi_contour)[:, 0]
+        gt, n_gt = _prepare_gt(boxes, num_boxes, maps.shape[0])
+        levels = _cut_levels(maps.vmax, [self.cam_threshold])
+        if self.multi_contour:
+            iou = np.zeros(levels.shape, dtype=np.float64)
+            _all_contours_batch(maps.u8, levels, gt, n_gt, iou)
+            iou = iou[:, 0]
+        else:
+            iou = _largest_contour_ious(maps.u8, gt, n_gt, levels)[:, 0]
         logits = logits.detach().float().cpu()
         labels = labels.detach().reshape(-1).long().cpu()
         kmax = min(max(self.topk), logits.shape[1])
@@ -344,6 +364,7 @@ class WSOLMetrics(torch.nn.Module):
                masks: Tensor | None = None, logits: Tensor | None = None, labels: Tensor | None = None,
                index: Tensor | None = None) -> None:
         """cams (B, H, W) in [0, 1], the GT class's CAM; other inputs as in the batch dict."""
+        cams = _check_maps(cams)  # converted and checked once for every sub-metric
         if boxes is not None:
             self.box_v2.update(cams, boxes, num_boxes, index)
             if self.box_v1 is not None:

@@ -291,6 +291,45 @@ def test_pxap_histogram_bins_grid_values_like_numpy():
     np.testing.assert_array_equal(hist[0, 1], np.histogram(s64[m == 0], bins=edges)[0])
 
 
+@pytest.mark.parametrize("thresholds", [GRID, threshold_grid(0.05), [0.2, 0.5, 0.9], np.sort(np.r_[0.3, 0.3 + 1e-5, 0.7])])
+def test_pxap_unit_histogram_matches_numpy(thresholds):
+    # the metric's branch-free path (maps known in [0, 1]); the last grid is too dense for it (fallback)
+    from camlab.localization import _pxap_histograms_unit
+
+    rng = np.random.default_rng(4)
+    t = np.asarray(thresholds, np.float64)
+    on_edges = np.concatenate([t, t.astype(np.float32).astype(np.float64), np.nextafter(t, 0), [0.0, 1.0, 0.3]])
+    s = np.concatenate([np.clip(on_edges, 0, 1), rng.random(3000)]).astype(np.float32)
+    s = s[: s.size - s.size % 6].reshape(3, 2, -1)
+    m = rng.choice(np.array([0, 1, 255, 7], np.uint8), size=s.shape)
+    hist = _pxap_histograms_unit(s, m, thresholds)
+    edges = np.append(t, [1.0, 2.0, 3.0])
+    for i in range(3):
+        s64 = s[i].astype(np.float64)
+        np.testing.assert_array_equal(hist[i, 0], np.histogram(s64[m[i] == 1], bins=edges)[0])
+        np.testing.assert_array_equal(hist[i, 1], np.histogram(s64[m[i] == 0], bins=edges)[0])
+
+
+def test_fused_uint8_conversion_and_range_check():
+    from camlab.localization import _scoremaps_u8, check_scoremaps
+
+    rng = np.random.default_rng(6)
+    maps = rng.random((3, 9, 11)).astype(np.float32)
+    maps[0, 0, :4] = [0.0, 1.0, -0.0, np.float32(0.99999994)]
+    for m in (maps, maps.astype(np.float64), maps[:, ::2, 1:]):  # float32, float64, non-contiguous
+        u8, vmax = _scoremaps_u8(m, check=True)
+        np.testing.assert_array_equal(u8, scoremap_to_uint8(m))
+        assert vmax.tolist() == [int(u8[i].max()) for i in range(3)]
+    for bad in (np.nan, -1e-30, 1.0000001, np.inf):
+        b = maps.copy()
+        b[1, 4, 5] = bad
+        with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+            _scoremaps_u8(b, check=True)
+        with pytest.raises(ValueError):
+            check_scoremaps(b)
+        _scoremaps_u8(b, check=False)  # the public box functions convert without checking
+
+
 def test_pxap_hand_worked():
     # 2 positives scored 0.9, 0.4; 2 negatives scored 0.6, 0.1; thresholds 0, 0.5
     s = np.array([[[0.9, 0.4], [0.6, 0.1]]])
