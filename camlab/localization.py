@@ -333,40 +333,33 @@ def _level_ranks(levels):
     return rank, index, n
 
 
-@njit(cache=True, inline="always")
-def _emit(evj, evx, ne, j0, j1, pos):
-    for j in range(j0, j1):
-        evj[ne] = j
-        evx[ne] = pos
-        ne += 1
-    return ne
-
-
 @njit(cache=True)
 def _row_scan(u8, rank, n, L, R, rmax):
     """One forward and one backward pass per row: run ends per level, and the enclosed-gap events.
 
     Writes ``L[j, y]`` / ``R[j, y]`` (first / last foreground column of row y at level j, for j <
-    ``rmax[y]``, the rank of the row's max). Returns the gap events: level, boundary position (the gap
-    membership differs between columns pos - 1 and pos), per row the end offset into them, and their count.
-    A level without events has at most one run in every row.
+    ``rmax[y]``, the rank of the row's max). Returns the gap events as level ranges ``[lo, hi)`` with a
+    boundary position (the gap membership differs between columns pos - 1 and pos at those levels), per
+    row the end offset into them, and their count. A level without events has at most one run per row.
     """
     H, W = u8.shape
     lastF = np.empty(n + 2, np.int32)
     lastB = np.empty(n + 2, np.int32)
     rrow = np.empty(W, np.int32)
     pmr = np.empty(W, np.int32)
-    row_cap = 2 * (n + 1) * (W + 1)  # at most 2 (n + 1) events per column boundary
+    row_cap = 2 * (W + 1) + 2  # at most two level ranges per column boundary
     cap = row_cap + H * W // 4
-    evj = np.empty(cap, np.int32)
-    evx = np.empty(cap, np.int32)
+    elo = np.empty(cap, np.int32)
+    ehi = np.empty(cap, np.int32)
+    ex = np.empty(cap, np.int32)
     rowend = np.empty(H, np.int64)
     ne = 0
     for y in range(H):
         if ne + row_cap > cap:
             cap = 2 * cap
-            evj = _grow(evj, cap)
-            evx = _grow(evx, cap)
+            elo = _grow(elo, cap)
+            ehi = _grow(ehi, cap)
+            ex = _grow(ex, cap)
         # forward: prefix max of the ranks; lastF[m] = last column whose prefix max (before it) is m,
         # i.e. the column where the prefix max rises above m: the first foreground column of level m
         lastF[:] = -1
@@ -397,14 +390,20 @@ def _row_scan(u8, rank, n, L, R, rmax):
             if t > r or pb > pa:
                 a = r
                 b = max(t, r)
-                if a != pa or b != pb:
-                    # events at the levels where [pa, pb) and [a, b) differ
-                    if pb <= a or b <= pa:
-                        ne = _emit(evj, evx, ne, pa, pb, x + 1)
-                        ne = _emit(evj, evx, ne, a, b, x + 1)
-                    else:
-                        ne = _emit(evj, evx, ne, min(pa, a), max(pa, a), x + 1)
-                        ne = _emit(evj, evx, ne, min(pb, b), max(pb, b), x + 1)
+                # the levels where [pa, pb) and [a, b) differ: at most two ranges (branch-free)
+                dis = (pb <= a) | (b <= pa)
+                lo1 = pa if dis else min(pa, a)
+                hi1 = pb if dis else max(pa, a)
+                lo2 = a if dis else min(pb, b)
+                hi2 = b if dis else max(pb, b)
+                elo[ne] = lo1
+                ehi[ne] = hi1
+                ex[ne] = x + 1
+                ne += hi1 > lo1
+                elo[ne] = lo2
+                ehi[ne] = hi2
+                ex[ne] = x + 1
+                ne += hi2 > lo2
                 pa = a
                 pb = b
             else:
@@ -415,33 +414,36 @@ def _row_scan(u8, rank, n, L, R, rmax):
             cur = min(cur, lastB[j])
             R[j, y] = cur
         rowend[y] = ne
-    return evj, evx, rowend, ne
+    return elo, ehi, ex, rowend, ne
 
 
 @njit(cache=True)
-def _events_by_level(evj, evx, rowend, ne, n):
-    """Stable counting sort of the gap events by level: (start offsets per level, rows, positions)."""
+def _events_by_level(elo, ehi, ex, rowend, ne, n):
+    """Counting sort of the gap events by level, each range expanded: (start offsets per level, rows,
+    positions). Stable: within a level, rows ascending and positions descending within a row."""
     H = rowend.shape[0]
-    evy = np.empty(ne, np.int32)
-    e = 0
-    for y in range(H):
-        while e < rowend[y]:
-            evy[e] = y
-            e += 1
-    start = np.zeros(n + 1, np.int64)
-    for e in range(ne):
-        start[evj[e] + 1] += 1
+    start = np.zeros(n + 2, np.int64)
+    for e in range(ne):  # per-level counts from a difference array
+        start[elo[e] + 1] += 1
+        start[ehi[e] + 1] -= 1
+    for j in range(n):
+        start[j + 1] += start[j]
     for j in range(n):
         start[j + 1] += start[j]
     fill = start[:n].copy()
-    sy = np.empty(ne, np.int32)
-    sx = np.empty(ne, np.int32)
-    for e in range(ne):
-        j = evj[e]
-        p = fill[j]
-        sy[p] = evy[e]
-        sx[p] = evx[e]
-        fill[j] = p + 1
+    total = start[n]
+    sy = np.empty(total, np.int32)
+    sx = np.empty(total, np.int32)
+    e = 0
+    for y in range(H):
+        while e < rowend[y]:
+            x = ex[e]
+            for j in range(elo[e], ehi[e]):
+                p = fill[j]
+                sy[p] = y
+                sx[p] = x
+                fill[j] = p + 1
+            e += 1
     return start, sy, sx
 
 
@@ -621,9 +623,9 @@ def _all_contours_levels(u8, levels, gt, n_gt, out):
     L = np.empty((n, H), np.int32)
     R = np.empty((n, H), np.int32)
     rmax = np.zeros(H, np.int32)
-    evj, evx, rowend, ne = _row_scan(u8, rank, n, L, R, rmax)
-    start, sy, sx = _events_by_level(evj, evx, rowend, ne, n)
-    cap = H + ne // 2 + 2  # nodes of one level: at most one per run
+    elo, ehi, ex, rowend, ne = _row_scan(u8, rank, n, L, R, rmax)
+    start, sy, sx = _events_by_level(elo, ehi, ex, rowend, ne, n)
+    cap = H + sy.shape[0] // 2 + 2  # nodes of one level: at most one per run
     wr = W // 2 + 2  # runs (and gaps) of one row
     buf = (np.empty(cap, np.int32), np.empty((cap, 4), np.int32), np.empty(cap, np.int32),
            np.empty((cap, 4), np.int32), np.empty(cap, np.bool_), np.empty(wr, np.int32), np.empty(wr, np.int32),
