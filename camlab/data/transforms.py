@@ -98,7 +98,7 @@ class WSOLTransform:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         S = self.image_size
         W, H = image.size
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)  # G×4, source pixels
+        boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4)  # G×4, source pixels (a writable copy)
         if self.train:
             sample: dict = {
                 "image": image,
