@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning.pytorch as L
+import logging
+
 import pytest
 import torch
 from hydra import compose, initialize_config_module
@@ -53,8 +55,12 @@ def test_every_disk_config_is_covered():
 
 
 @pytest.mark.parametrize("fmt", ["cub", "wsoleval_cub", "wsoleval_ilsvrc", "wsoleval_openimages", "ilsvrc", "coco", "csv"])
-def test_fast_dev_run_through_the_config(fmt, tmp_path):
+def test_fast_dev_run_through_the_config(fmt, tmp_path, caplog):
     extra, has_masks = fixture_overrides(fmt, tmp_path / "data")
+    if fmt == "csv":  # an image that decodes badly, skipped and reported at the end of fit and of test
+        bad = tmp_path / "data" / "images" / "b1.png"
+        bad.write_bytes(bad.read_bytes()[:60])
+        extra.append("data.skip_corrupt=true")
     cfg = composed([f"data={fmt}", *TINY, *extra], tmp_path / "run")
     dm = instantiate(cfg.data, _convert_="partial")
     model = instantiate(cfg.model, _convert_="partial")
@@ -64,6 +70,7 @@ def test_fast_dev_run_through_the_config(fmt, tmp_path):
     trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", callbacks=[cam], logger=False,
                         enable_progress_bar=False, enable_model_summary=False)
     torch.manual_seed(0)
+    caplog.set_level(logging.WARNING, logger="camlab.data")
     trainer.fit(model, datamodule=dm)
     trainer.test(model, datamodule=dm)
     for stage in ("val", "test"):
@@ -73,3 +80,9 @@ def test_fast_dev_run_through_the_config(fmt, tmp_path):
     batch = next(iter(dm.val_dataloader()))
     assert batch["image"].shape[1:] == (3, 32, 32)
     assert (batch["num_boxes"] >= 1).all()
+    reports = [r.message for r in caplog.records if "unreadable image(s) while loading" in r.message]
+    if fmt == "csv":
+        assert len(batch["label"]) == 1  # val = a1 + the skipped b1
+        assert reports and "skipped 1 unreadable" in reports[0], reports
+    else:
+        assert not reports
