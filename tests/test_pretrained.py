@@ -105,3 +105,31 @@ def test_eval_on_a_torchvision_classifier(tmp_path):
     assert 0 <= summary["metrics"]["val/loc/MaxBoxAccV2"] <= 100
     assert len((tmp_path / "per_image.csv").read_text().splitlines()) == 1 + 25
     assert load_cam_model(weights, torchvision_arch="resnet18").num_classes == 5
+
+
+def test_convnext_layernorm_head_folds_into_an_exact_cam():
+    """ConvNeXt's LayerNorm after pooling: a small torchvision ConvNeXt (2 stages, 8/16 channels) with random
+    LayerNorm affine parameters gives torchvision's logits and the GAP identity with the folded head."""
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    from camlab.models.pretrained import cam_model_from_torchvision_module
+
+    torch.manual_seed(3)
+    net = ConvNeXt([CNBlockConfig(8, 16, 1), CNBlockConfig(16, None, 1)], num_classes=6).eval()
+    with torch.no_grad():
+        net.classifier[0].weight.uniform_(0.5, 2.0)
+        net.classifier[0].bias.normal_(0.0, 0.5)
+    model = cam_model_from_torchvision_module(net, "convnext_tiny")
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = net(x)  # (3, 6)
+        out = model(x)
+        cams = model.cam(out["features"], torch.arange(6).expand(3, 6))  # (3, 6, h, w)
+        # plain re-derivation: LN of the pooled vector, then the linear layer
+        v = net.avgpool(net.features(x)).flatten(1)  # (3, 16)
+        ln = (v - v.mean(1, keepdim=True)) / torch.sqrt(v.var(1, unbiased=False, keepdim=True) + 1e-6)
+        by_hand = (ln * net.classifier[0].weight + net.classifier[0].bias) @ net.classifier[2].weight.T \
+            + net.classifier[2].bias
+    assert torch.allclose(expected, by_hand, atol=1e-5)
+    assert torch.allclose(out["logits"], expected, atol=1e-5)
+    assert torch.allclose(cams.mean(dim=(2, 3)) + model.head.bias, expected, atol=1e-5)

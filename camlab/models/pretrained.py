@@ -49,6 +49,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "InputSpec",
+    "cam_model_from_torchvision_module",
     "from_torchvision",
     "load_cam_model",
     "is_camlab_checkpoint",
@@ -225,10 +226,24 @@ def from_torchvision(arch: str, weights_path: str | os.PathLike,
         first = str(err).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:3])
         raise ValueError(f"'{weights_path}' does not fit torchvision {arch}: {detail}") from None
+    return cam_model_from_torchvision_module(net, arch, class_names=class_names, image_size=image_size)
+
+
+def cam_model_from_torchvision_module(net: nn.Module, arch: str,
+                                      class_names: str | os.PathLike | Sequence[str] | None = None,
+                                      image_size: int | None = None) -> CAMClassifier:
+    """:func:`from_torchvision` for a torchvision model object already built (and loaded) of ``arch``'s family.
+
+    ``arch`` names the family (and the defaults for class names and input size); ``net`` may be any model of that
+    family's class, e.g. a small ``torchvision.models.convnext.ConvNeXt`` with its own block settings.
+    """
+    if _family(arch) is None:
+        raise ValueError(f"torchvision arch '{arch}' is not supported as a CAM model")
     net.eval()
     trunk = TorchvisionTrunk(net, arch)
-    model = CAMClassifier(trunk, num_classes=num_classes, pool="gap")
     linear: nn.Linear = net.fc if _family(arch) == "resnet" else net.classifier[-1]
+    num_classes = linear.out_features
+    model = CAMClassifier(trunk, num_classes=num_classes, pool="gap")
     with torch.no_grad():
         weight, bias = linear.weight.detach().clone(), linear.bias.detach().clone()  # (C, K), (C,)
         if _family(arch) == "convnext":
