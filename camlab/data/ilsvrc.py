@@ -80,8 +80,9 @@ def read_ilsvrc(
         for wnid in folders:
             if wnid not in index_of:
                 raise DataError(f"ILSVRC train folder {train / wnid} is not a synset of {synsets}")
+            source = f"folder {wnid}"  # one string per class, shared by its ~1,300 records
             for p in list_images(train / wnid):
-                records.append(Record(path=str(p), label=index_of[wnid], source=f"folder {wnid}"))
+                records.append(Record(path=str(p), label=index_of[wnid], source=source))
         return records, names
 
     images = require(root / val_dir, "ILSVRC validation image folder", LAYOUT)
