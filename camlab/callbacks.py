@@ -121,7 +121,11 @@ class CAMLocalization(L.Callback):
         labels = batch["label"]
         size = tuple(batch["image"].shape[-2:])
         with torch.no_grad():
-            cams_gt = minmax_normalize(upsample(self._raw_cams(pl_module, features, labels), size))  # (B, H, W)
+            from camlab.metrics import ScoreMaps
+
+            # (B, H, W) maps normalized on the CPU in one pass that also makes their uint8 copies; bit-identical
+            # to minmax_normalize (tests/test_metrics.py)
+            cams_gt = ScoreMaps.normalize(upsample(self._raw_cams(pl_module, features, labels), size))
             metrics = self._stage_metrics(stage, pl_module)
             metrics.update(
                 cams=cams_gt,

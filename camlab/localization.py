@@ -143,6 +143,41 @@ def _u8_unit_f32(maps, bits, u8, vmax):
     return ok
 
 
+@njit(cache=True)
+def _normalize_u8_f32(cams, out, u8, vmax):
+    # cams (B, N) float32 raw maps -> out: min-max normalized maps, the same float32 operations as
+    # camlab.cam.minmax_normalize ((v - min) / (max - min); a map with a NaN, or constant, becomes zeros),
+    # so bit-identical; u8 / vmax as in _u8_unit_f32. Returns whether every normalized value is in [0, 1].
+    ok = True
+    for i in range(cams.shape[0]):
+        lo = cams[i, 0]
+        hi = cams[i, 0]
+        nan = False
+        for p in range(cams.shape[1]):
+            v = cams[i, p]
+            lo = min(lo, v)
+            hi = max(hi, v)
+            nan |= v != v
+        if nan or not hi > lo:
+            out[i, :] = 0.0
+            u8[i, :] = 0
+            vmax[i] = 0
+            continue
+        d = hi - lo
+        mx = np.int32(0)
+        good = True
+        for p in range(cams.shape[1]):
+            s = (cams[i, p] - lo) / d
+            out[i, p] = s
+            good &= (s >= np.float32(0.0)) & (s <= np.float32(1.0))
+            u = np.int32(s * np.float32(255.0))
+            u8[i, p] = u
+            mx = max(mx, u)
+        vmax[i] = mx
+        ok &= good
+    return ok
+
+
 def _scoremaps_u8(maps: np.ndarray, check: bool) -> tuple[np.ndarray, np.ndarray]:
     """(B, H, W) float maps -> (uint8 maps as :func:`scoremap_to_uint8`, (B,) int64 max of each).
 
@@ -163,6 +198,22 @@ def _scoremaps_u8(maps: np.ndarray, check: bool) -> tuple[np.ndarray, np.ndarray
     u8 = scoremap_to_uint8(maps)
     vmax = u8.reshape(B, -1).max(axis=1).astype(np.int64) if u8.size else np.zeros(B, np.int64)
     return u8, vmax
+
+
+def _normalize_scoremaps(cams: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B, H, W) raw float32 maps -> (min-max normalized float32 maps, uint8 maps, (B,) int64 maxima).
+
+    Bit-identical to :func:`normalize_cams` then :func:`scoremap_to_uint8`; ValueError if a normalized
+    value falls outside [0, 1] (an infinite raw value).
+    """
+    B = cams.shape[0]
+    flat = np.ascontiguousarray(cams, dtype=np.float32).reshape(B, -1)
+    out = np.empty(flat.shape, np.float32)
+    u8 = np.empty(flat.shape, np.uint8)
+    vmax = np.zeros(B, np.int64)
+    if flat.size and not _normalize_u8_f32(flat, out, u8, vmax):
+        raise ValueError("score maps must be in [0, 1] without NaN (see normalize_cams)")
+    return out.reshape(cams.shape), u8.reshape(cams.shape), vmax
 
 
 def check_scoremaps(maps: np.ndarray) -> None:

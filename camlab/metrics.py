@@ -26,6 +26,7 @@ from camlab.localization import (
     _all_contours_batch,
     _cut_levels,
     _largest_contour_ious,
+    _normalize_scoremaps,
     _prepare_gt,
     _pxap_histograms_unit,
     _scoremaps_u8,
@@ -33,7 +34,7 @@ from camlab.localization import (
     threshold_grid,
 )
 
-__all__ = ["BoxAccuracy", "PxAP", "TopKLocalization", "WSOLMetrics", "resolve_thresholds"]
+__all__ = ["BoxAccuracy", "PxAP", "ScoreMaps", "TopKLocalization", "WSOLMetrics", "resolve_thresholds"]
 
 
 def resolve_thresholds(cam_thresholds) -> np.ndarray:
@@ -57,26 +58,42 @@ def resolve_thresholds(cam_thresholds) -> np.ndarray:
     return grid
 
 
-class _ScoreMaps:
-    """A batch of score maps converted once: float32 (B, H, W) numpy maps, their uint8 maps and maxima.
+class ScoreMaps:
+    """A batch of score maps converted once: float32 (B, H, W) numpy maps in [0, 1], uint8 maps, maxima.
 
-    :class:`WSOLMetrics` builds one per batch and hands it to every sub-metric's ``update`` in place of the
-    tensor, so the maps are copied, range-checked and converted to uint8 once (one fused pass).
+    Every metric's ``update`` accepts one in place of the ``cams`` tensor; :class:`WSOLMetrics` builds one
+    per batch so that its sub-metrics copy, check and convert the maps once (one fused pass).
+    :meth:`normalize` builds one from *raw* maps, min-max normalizing them on the CPU with the same float32
+    operations as :func:`camlab.cam.minmax_normalize` (bit-identical results) in the same pass.
+
+    Example:
+        >>> sm = ScoreMaps.normalize(torch.tensor([[[1.0, 3.0], [2.0, 3.0]]]))
+        >>> sm.maps.tolist(), sm.u8.tolist(), sm.vmax.tolist()
+        ([[[0.0, 1.0], [0.5, 1.0]]], [[[0, 255], [127, 255]]], [255])
     """
 
-    def __init__(self, cams: Tensor) -> None:
+    def __init__(self, cams: Tensor, _normalize: bool = False) -> None:
         if not isinstance(cams, Tensor) or cams.ndim != 3:
             raise ValueError(f"cams must be a (B, H, W) tensor, got {getattr(cams, 'shape', type(cams))}")
-        self.maps = cams.detach().to("cpu", torch.float32).numpy()
+        maps = cams.detach().to("cpu", torch.float32).numpy()
         try:
-            self.u8, self.vmax = _scoremaps_u8(self.maps, check=True)
+            if _normalize:
+                self.maps, self.u8, self.vmax = _normalize_scoremaps(maps)
+            else:
+                self.maps = maps
+                self.u8, self.vmax = _scoremaps_u8(maps, check=True)
         except ValueError:
             raise ValueError("cams must be normalized to [0, 1] without NaN (see localization.normalize_cams)")
         self.shape = self.maps.shape
 
+    @classmethod
+    def normalize(cls, cams: Tensor) -> "ScoreMaps":
+        """Raw (B, H, W) maps -> min-max normalized score maps (see the class docstring)."""
+        return cls(cams, _normalize=True)
 
-def _check_maps(cams) -> _ScoreMaps:
-    return cams if isinstance(cams, _ScoreMaps) else _ScoreMaps(cams)
+
+def _check_maps(cams) -> ScoreMaps:
+    return cams if isinstance(cams, ScoreMaps) else ScoreMaps(cams)
 
 
 def _check_index(index, batch: int) -> Tensor:

@@ -195,3 +195,28 @@ def test_empty_batches_and_undefined_pxap():
     with pytest.warns(RuntimeWarning, match="PxAP is undefined"):
         out = p.compute()
     assert torch.isnan(out["PxAP"]) and torch.isnan(out["PIoU"])
+
+
+def test_scoremaps_normalize_is_bit_identical_to_minmax_normalize():
+    from camlab.metrics import ScoreMaps
+
+    g = torch.Generator().manual_seed(3)
+    raw = torch.randn(9, 13, 17, generator=g) * torch.logspace(-4, 4, 9)[:, None, None] - 3.0
+    raw[1] = 2.5  # constant map
+    raw[2, 4, 4] = float("nan")  # NaN map
+    raw[3] = -raw[3].abs()
+    sm = ScoreMaps.normalize(raw)
+    ref = normalize_cams(raw).numpy()
+    assert np.array_equal(sm.maps.view(np.uint32), ref.view(np.uint32))  # bit for bit, zeros included
+    assert np.array_equal(sm.u8, (ref * 255).astype(np.uint8))
+    assert sm.vmax.tolist() == [int(m.max()) for m in sm.u8]
+    with pytest.raises(ValueError, match="normalized"):
+        ScoreMaps.normalize(torch.tensor([[[0.0, float("inf")]]]))  # (inf - 0) / inf is NaN
+    # every metric takes the converted maps in place of the tensor, with the same results
+    data = make_dataset(n=6, H=20, W=24)
+    data["cams"] = raw[:6, :, :].repeat(1, 2, 2)[:, :20, :24]
+    a, b = WSOLMetrics(0.05, masks=True, topk=(1,)), WSOLMetrics(0.05, masks=True, topk=(1,))
+    a.update(**{**data, "cams": normalize_cams(data["cams"])})
+    b.update(**{**data, "cams": ScoreMaps.normalize(data["cams"])})
+    ra, rb = a.compute(), b.compute()
+    assert ra.keys() == rb.keys() and all(torch.equal(ra[k], rb[k]) for k in ra)
