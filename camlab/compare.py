@@ -216,6 +216,16 @@ def _expects(cfg: dict) -> tuple[bool, int | None]:
     return bool(cfg.get("test", False)), int(max_epochs) if isinstance(max_epochs, int) and max_epochs > 0 else None
 
 
+def _is_eval_job(job_dir: Path, cfg: dict) -> bool:
+    """A camlab-eval run dir (its config has ``split`` and ``eval``; it writes metrics.json at the end)."""
+    return "eval" in cfg and "split" in cfg
+
+
+def _acc_key(sort: str) -> str:
+    """The classification accuracy of the sort metric's stage: ``test/acc`` for ``test/...``, else ``val/acc``."""
+    return "test/acc" if sort.startswith("test/") else "val/acc"
+
+
 def read_job(job_dir: Path, label: str, sort: str, ascending: bool, later_job_exists: bool,
              sequential: bool, running_window: float, now: float) -> Job:
     job = Job(path=job_dir, label=label)
@@ -245,12 +255,19 @@ def read_job(job_dir: Path, label: str, sort: str, ascending: bool, later_job_ex
         pick = min if ascending else max
         best_epoch, job.best = pick(values, key=lambda ev: ev[1])  # first occurrence wins ties
         job.best_epoch = best_epoch
-        at_epoch = [v for e, v in job.series.get("val/acc", []) if e == best_epoch]
-        job.x_at_best = at_epoch[-1] if at_epoch else job.final.get("val/acc")
+        acc_key = _acc_key(sort)
+        at_epoch = [v for e, v in job.series.get(acc_key, []) if e == best_epoch]
+        job.x_at_best = at_epoch[-1] if at_epoch else job.final.get(acc_key)
     job.params = count_params(job_dir)
     job.wall_s, job.wall_source, newest = wall_time(job_dir)
 
-    if job.series and not problems:
+    if job.series and not problems and _is_eval_job(job_dir, cfg):
+        split = str(cfg.get("split", "test"))
+        if not (job_dir / "metrics.json").is_file():
+            problems.append("no metrics.json (camlab-eval did not finish)")
+        elif not any(k.startswith(f"{split}/") for k in job.series):
+            problems.append(f"no {split}/ metrics")
+    elif job.series and not problems:
         test_expected, epochs_expected = _expects(cfg)
         has_val = any(k.startswith("val/") for k in job.series)
         has_test = any(k.startswith("test/") for k in job.series)
@@ -441,7 +458,7 @@ def write_plot(file: Path, jobs: list[Job], varying: list[str], sort: str, ascen
         text = " ".join(f"{k}={job.overrides.get(k, '—')}" for k in varying) or job.label
         ax.annotate(f"{job.label}: {text}" if varying else text, (job.x_at_best, job.best),
                     textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xlabel("val/acc (at the best epoch)")
+    ax.set_xlabel(f"{_acc_key(sort)} (at the best epoch)")
     ax.set_ylabel(f"{'min' if ascending else 'best'} {sort}")
     missing = len(jobs) - len(shown)
     ax.set_title(title + (f"\n({missing} job(s) without values not shown)" if missing else ""), fontsize=10)

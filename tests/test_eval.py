@@ -147,3 +147,30 @@ def test_ddp_eval_equals_single_process_and_writes_each_image_once(trained, eval
     rows, ref = read_rows(out / "per_image.csv"), read_rows(single_dir / "per_image.csv")
     assert len(rows) == 25
     assert rows == ref
+
+
+@pytest.mark.slow
+def test_eval_sweep_over_cam_methods_then_compare(trained, tmp_path):
+    """`camlab-eval -m cam_method=cam,gradcam` on one checkpoint, then camlab-compare: both jobs finished, ranked."""
+    from camlab.compare import main as compare_main
+
+    sweep = tmp_path / "sweep"
+    args = ["-m", *EVAL, f"ckpt_path={trained['ckpt']}", "split=val", "cam_method=cam,gradcam",
+            f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    res = subprocess.run([sys.executable, "-m", "camlab.eval", *args], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = {job: json.loads((sweep / job / "metrics.json").read_text())["metrics"] for job in "01"}
+    compare_main([str(sweep), "--sort", "val/loc/MaxBoxAccV2"])
+    rows = {r["job"]: r for r in csv.DictReader((sweep / "comparison.csv").open())}
+    assert {rows[j]["cam_method"] for j in "01"} == {"cam", "gradcam"}
+    for job in "01":
+        assert rows[job]["status"] == "finished", rows[job]
+        assert float(rows[job]["val/loc/MaxBoxAccV2"]) == pytest.approx(metrics[job]["val/loc/MaxBoxAccV2"])
+    ranked = [r["job"] for r in csv.DictReader((sweep / "comparison.csv").open())]
+    assert ranked == sorted("01", key=lambda j: -metrics[j]["val/loc/MaxBoxAccV2"])
+    (sweep / "1" / "metrics.json").unlink()  # an eval job that did not finish is reported, not dropped
+    compare_main([str(sweep), "--sort", "val/loc/MaxBoxAccV2", "--running-window", "0"])
+    rows = {r["job"]: r for r in csv.DictReader((sweep / "comparison.csv").open())}
+    assert rows["1"]["status"] == "failed" and "metrics.json" in rows["1"]["note"]
