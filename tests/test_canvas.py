@@ -201,7 +201,14 @@ def test_missing_root_names_it_and_the_layout(tmp_path):
     assert str(tmp_path / "nope") in msg and "does not exist" in msg
     assert "train-images-idx3-ubyte" in msg and "FashionMNIST/raw" in msg
     assert "apt-get install dataset-fashion-mnist" in msg
+    assert "torchvision.datasets.FashionMNIST('<dir>', download=True)" in msg and "data.root=<dir>" in msg
+    assert "\n" not in msg  # one line
     assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, ConfigError)
+    with pytest.raises(DataFilesNotFound) as info:  # no package ships MNIST: only torchvision's download
+        MNISTCanvas(tmp_path / "nope", "train", dataset="mnist")
+    msg = str(info.value)
+    assert msg.startswith(f"mnist root '{tmp_path / 'nope'}' does not exist") and "MNIST/raw" in msg
+    assert "torchvision.datasets.MNIST('<dir>', download=True)" in msg and "apt-get" not in msg
 
 
 def test_missing_file_names_exactly_that_file(tmp_path):

@@ -81,10 +81,14 @@ def find_idx_files(root: str | os.PathLike, dataset: str = "fashion_mnist") -> d
         f"expected the 4 IDX files {', '.join(n for pair in IDX_FILES.values() for n in pair)} (each may end in "
         f".gz) directly in the root or in <root>/{folder}/raw/ (torchvision's layout)"
     )
-    hint = (
-        "; on Debian/Ubuntu `apt-get install dataset-fashion-mnist` installs Fashion-MNIST in "
-        "/usr/share/datasets/fashion-mnist"
-    )
+    download = f"torchvision.datasets.{folder}('<dir>', download=True) on a machine with network access"
+    if dataset == "fashion_mnist":
+        hint = (
+            "; get them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu, installs them in "
+            f"/usr/share/datasets/fashion-mnist) or {download}, then set data.root=<dir>"
+        )
+    else:
+        hint = f"; get them with {download}, then set data.root=<dir>"
     if not root.is_dir():
         raise DataFilesNotFound(f"{dataset} root '{root}' does not exist or is not a directory: {layout}{hint}")
     found: dict[str, Path] = {}
