@@ -374,7 +374,7 @@ def footer_lines(jobs: list[Job], fixed: dict[str, str], sort: str) -> list[str]
     if fixed:
         lines.append("same in all jobs: " + " ".join(f"{k}={v}" for k, v in fixed.items()))
     explain = {
-        "log+mtime": "log+mtime = first train.log timestamp to the newest file in the job dir",
+        "log+mtime": "log+mtime = first timestamp of the job's log (train.log or eval.log) to the newest file in the job dir",
         "log": "log = first to last train.log timestamp (misses the test loop)",
         "mtime": "mtime = .hydra/config.yaml to the newest file in the job dir",
     }
