@@ -1,23 +1,153 @@
 """What CAM + localization metrics add to the default experiment's validation epoch.
 
-Runs ``trainer.validate`` on the default config's validation split (1,000 images, 64 px) with and without the
-CAMLocalization callback (MaxBoxAccV2 + PxAP + top-k loc every epoch, curves CSV/PNG and overlays; MaxBoxAcc
-is test-only by default), alternating, several rounds in one process, and reports the ratio of medians.
-The model is trained for one short epoch first so that its CAMs look like a real run's.
+Runs ``trainer.validate`` on the default config's validation split (1,000 images, 64 px) without the
+CAMLocalization callback ("plain"), with it as configured (metric updates and the overlay grid on the
+background worker, ``background=True``) and with ``background=False`` (everything on the main thread).
+MaxBoxAccV2 + PxAP + top-k loc every epoch, curves CSV/PNG and overlays; MaxBoxAcc is test-only by default.
+The three are timed in every round, in rotating order, in one process; the reported figures are medians of
+the per-round ratios. The model is trained for one short epoch first so that its CAMs look like a real run's.
 
-    python benchmarks/bench_validation.py [--rounds 5] [overrides ...]
+``--breakdown`` also times each piece of the callback's work on the same batches in isolation (model
+forward, CAM einsum, upsampling, the fused normalize/uint8 pass, each metric's update, compute, curves CSV
+and plot, overlay collection, grid rendering and PNG encoding), alternating, median over rounds.
+
+    python benchmarks/bench_validation.py [--rounds 5] [--breakdown] [overrides ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
+
+
+def breakdown(model, dm, cb, rounds: int) -> None:
+    """Per-component times of the callback's work on the validation batches (see the module docstring)."""
+    import numpy as np
+
+    from camlab.cam import upsample
+    from camlab.callbacks import encode_png, plot_curves, write_curves_csv
+    from camlab.localization import _all_contours_batch, _cut_levels, _prepare_gt, _pxap_histograms_unit
+    from camlab.metrics import ScoreMaps
+    from camlab.viz import render_grid
+
+    model.eval()
+    batches = list(dm.val_dataloader())
+    n = sum(b["label"].shape[0] for b in batches)
+    size = tuple(batches[0]["image"].shape[-2:])
+    with torch.no_grad():
+        outs = [model(b["image"]) for b in batches]
+        raw = [model.cam(o["features"], b["label"]) for o, b in zip(outs, batches)]
+        ups = [upsample(r, size) for r in raw]
+    sms = [ScoreMaps.normalize(u) for u in ups]
+    wm = cb._new_metrics("val")
+    grid = wm.thresholds
+    tmp = Path(tempfile.mkdtemp())
+
+    class FakeTrainer:  # what the overlay code reads from the trainer
+        datamodule, is_global_zero, current_epoch, loggers, global_step = dm, True, 0, [], 0
+
+    def forward():
+        for b in batches:
+            model(b["image"])
+
+    def cam():
+        for o, b in zip(outs, batches):
+            model.cam(o["features"], b["label"])
+
+    def up():
+        for r in raw:
+            upsample(r, size)
+
+    def normalize():
+        for u in ups:
+            ScoreMaps.normalize(u)
+
+    def v2_kernel():
+        for s, b in zip(sms, batches):
+            gt, n_gt = _prepare_gt(b["boxes"], b["num_boxes"], s.shape[0])
+            levels = _cut_levels(s.vmax, grid)
+            _all_contours_batch(s.u8, levels, gt, n_gt, np.zeros(levels.shape))
+
+    def pxap_kernel():
+        for s, b in zip(sms, batches):
+            _pxap_histograms_unit(s.maps, b["mask"].numpy(), grid)
+
+    def update(name):
+        def run():
+            m = getattr(wm, name)
+            m.reset()
+            for s, b, o in zip(sms, batches, outs):
+                if name == "box_v2":
+                    m.update(s, b["boxes"], b["num_boxes"], b["index"])
+                elif name == "pxap":
+                    m.update(s, b["mask"], b["index"])
+                else:
+                    m.update(s, b["boxes"], b["num_boxes"], o["logits"], b["label"], b["index"])
+        return run
+
+    def all_updates():
+        wm.reset()
+        for s, b, o in zip(sms, batches, outs):
+            wm.update(s, logits=o["logits"], labels=b["label"], boxes=b["boxes"], num_boxes=b["num_boxes"],
+                      masks=b["mask"], index=b["index"])
+
+    all_updates()
+    curves = wm.curves()
+
+    def compute():
+        wm.compute()
+        wm.curves()
+
+    def overlays():
+        cb._overlays, cb._overlays_taken, cb._grid, out_dir = [], 0, None, cb.output_dir
+        cb.output_dir = None  # collection only: the grid is timed below
+        inputs = cb._overlay_inputs(FakeTrainer, model, outs[0]["features"], outs[0]["logits"], batches[0], size)
+        cb._add_overlays(*inputs)
+        cb.output_dir = out_dir
+
+    overlays()
+    samples = list(cb._overlays)
+    image = np.asarray(render_grid(samples))
+    fns = {
+        "model forward (for scale)": forward,
+        "CAM einsum": cam,
+        "upsample": up,
+        "normalize + uint8 (fused)": normalize,
+        "MaxBoxAccV2 kernel": v2_kernel,
+        "MaxBoxAccV2 update": update("box_v2"),
+        "PxAP histograms": pxap_kernel,
+        "PxAP update": update("pxap"),
+        "top-k loc update": update("topk_loc"),
+        "WSOLMetrics.update (all)": all_updates,
+        "compute + curves": compute,
+        "overlay collection": overlays,
+        "curves CSV": lambda: write_curves_csv(curves, tmp / "c.csv"),
+        "curves PNG plot": lambda: plot_curves(curves, tmp / "c.png", title="val epoch 0"),
+        "overlay grid render": lambda: render_grid(samples),
+        "overlay grid PNG encode": lambda: encode_png(image),
+    }
+    times = {k: [] for k in fns}
+    with torch.no_grad():
+        for f in fns.values():
+            f()
+        for r in range(rounds):
+            for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+                t0 = time.perf_counter()
+                fns[k]()
+                times[k].append(time.perf_counter() - t0)
+    print(f"\nbreakdown over {n} images ({len(batches)} batches), median of {rounds} rounds, "
+          f"load {os.getloadavg()[0]:.2f}, torch threads {torch.get_num_threads()}:")
+    for k, v in times.items():
+        m = statistics.median(v)
+        print(f"  {k:28s} {m * 1e3:8.2f} ms/epoch {m / n * 1e3:8.4f} ms/img")
 
 
 def main() -> None:
@@ -28,6 +158,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--breakdown", action="store_true", help="also time each piece of the callback's work")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, initialize_config_module("camlab.conf", version_base="1.3"):
@@ -40,27 +171,42 @@ def main() -> None:
         L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=20, limit_val_batches=0, logger=False,
                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False).fit(model, dm)
         cam_cb = next(c for c in instantiate_group(cfg.callbacks) if isinstance(c, CAMLocalization))
+        sync_cb = next(c for c in instantiate_group(cfg.callbacks) if isinstance(c, CAMLocalization))
+        sync_cb.background = False
 
-        def validate(with_cams: bool) -> float:
-            callbacks = [cam_cb] if with_cams else []
-            trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=callbacks, enable_progress_bar=False,
-                                enable_model_summary=False, enable_checkpointing=False)
+        def validate(cb) -> float:
+            trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[cb] if cb else [],
+                                enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
             start = time.perf_counter()
             trainer.validate(model, datamodule=dm, verbose=False)
             return time.perf_counter() - start
 
-        validate(True)  # warm-up: numba compilation, dataset render
-        plain, cams = [], []
+        variants = {"plain": None, "background": cam_cb, "main thread": sync_cb}
+        for cb in variants.values():  # warm-up: numba cache load, dataset render
+            validate(cb)
+        times = {k: [] for k in variants}
         for r in range(args.rounds):
-            plain.append(validate(False))
-            cams.append(validate(True))
-            print(f"round {r}: validation {plain[-1]:.2f} s   with CAM metrics {cams[-1]:.2f} s", flush=True)
+            order = list(variants)[r % 3:] + list(variants)[: r % 3]
+            for k in order:
+                times[k].append(validate(variants[k]))
+            print(f"round {r}: " + ", ".join(f"{k} {times[k][-1]:.3f} s" for k in variants)
+                  + f"  (order {'/'.join(order)}, load {os.getloadavg()[0]:.2f})", flush=True)
+        if cam_cb.last_results.get("val") != sync_cb.last_results.get("val"):
+            raise AssertionError("background and main-thread callbacks gave different results")
+        if args.breakdown:
+            breakdown(model, dm, sync_cb, args.rounds)
     n = len(dm.val_dataloader().dataset)
-    p, c = statistics.median(plain), statistics.median(cams)
-    print(f"\n{n} images: plain validation {p:.2f} s ({1000 * p / n:.2f} ms/img), with CAM + metrics {c:.2f} s "
-          f"({1000 * c / n:.2f} ms/img): +{100 * (c / p - 1):.0f}% ({1000 * (c - p) / n:.2f} ms/img added)")
-    print("last results:", {k: round(v, 2) for k, v in cam_cb.last_results.get("val", {}).items()
-                            if k in ("MaxBoxAccV2", "PxAP", "gt_known_loc")})
+    p = statistics.median(times["plain"])
+    print(f"\n{n} images, load average {os.getloadavg()[0]:.2f}, torch threads {torch.get_num_threads()}; "
+          f"plain validation {p:.3f} s ({1000 * p / n:.3f} ms/img, median)")
+    for k in ("background", "main thread"):
+        ratios = [c / q for c, q in zip(times[k], times["plain"])]
+        added = [(c - q) / n * 1000 for c, q in zip(times[k], times["plain"])]
+        print(f"with CAM + metrics ({k:11s}): {statistics.median(times[k]):.3f} s; per-round overhead median "
+              f"+{100 * (statistics.median(ratios) - 1):.0f}% (range +{100 * (min(ratios) - 1):.0f}% .. "
+              f"+{100 * (max(ratios) - 1):.0f}%), {statistics.median(added):.3f} ms/img added")
+    print("results identical in both modes:", {k: round(v, 2) for k, v in cam_cb.last_results.get("val", {}).items()
+                                             if k in ("MaxBoxAccV2", "PxAP", "gt_known_loc")})
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def threshold_levels(thresholds: Sequence[float], u8_max: int) -> np.ndarray:
     return np.array([int(float(t) * int(u8_max)) for t in thresholds], dtype=np.int64)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _valid_unit_range(maps):
     # one pass: every value in [0, 1] (NaN fails both comparisons)
     flat = maps.reshape(-1)
@@ -122,7 +122,7 @@ def _valid_unit_range(maps):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _u8_unit_f32(maps, bits, u8, vmax):
     # maps (B, N) float32 and the same memory as uint32 bits; writes u8 = (map * 255) truncated (float32
     # product, as numpy's), vmax (B,) per-image max of u8. Returns whether every value is in [0, 1]: a
@@ -143,7 +143,7 @@ def _u8_unit_f32(maps, bits, u8, vmax):
     return ok
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _normalize_u8_f32(cams, out, u8, vmax):
     # cams (B, N) float32 raw maps -> out: min-max normalized maps, the same float32 operations as
     # camlab.cam.minmax_normalize ((v - min) / (max - min); a map with a NaN, or constant, becomes zeros),
@@ -703,13 +703,13 @@ def _all_contours_levels(u8, levels, gt, n_gt, out):
         out[k] = best[index[min(max(levels[k], -1), 255) + 1]]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _all_contours_serial(u8, levels, gt, n_gt, out):
     for i in range(u8.shape[0]):
         _all_contours_levels(u8[i], levels[i], gt[i], n_gt[i], out[i])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _all_contours_parallel(u8, levels, gt, n_gt, out):
     for i in prange(u8.shape[0]):
         _all_contours_levels(u8[i], levels[i], gt[i], n_gt[i], out[i])
@@ -874,7 +874,7 @@ def pxap_bin_edges(thresholds=None) -> np.ndarray:
     return np.append(np.asarray(thresholds, dtype=np.float64), [1.0, 2.0, 3.0])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _pxap_hist_batch(scores, masks, edges, lut, out):
     # scores (B, N) float64, masks (B, N) uint8, edges (K + 3,) = thresholds then 1, 2, 3,
     # lut (1025,) bin of u / 1024, out (B, 2, K + 2) int64. Bin b: edges[b] <= s < edges[b + 1],
@@ -907,31 +907,62 @@ def _pxap_hist_batch(scores, masks, edges, lut, out):
 _PXAP_LUT_SIZE = 4096  # buckets of [0, 1] for the histogram of maps known to lie in [0, 1]
 
 
-@njit(cache=True)
-def _pxap_hist_unit(scores, masks, edges, lut, cat, out):
-    # scores (B, N) float in [0, 1]; masks (B, N) uint8; edges (K + 3,); lut (S + 1,): 1 + bin of k / S
-    # (0: below the first edge); cat (256,): 0 foreground, 1 background, 2 dropped; out (B, 2, K + 2).
-    # Needs at most one edge inside any bucket (edge spacing > 1 / S): one compare then fixes the bin.
-    # No branches; four interleaved sub-histograms break the read-modify-write chains of equal bins.
-    K = edges.shape[0] - 3
-    S = lut.shape[0] - 1
-    nb = K + 3
-    sub = np.zeros((4, 3, nb), np.int32)
+@njit(cache=True, inline="always")
+def _pxap_hist_unit_one(scores, masks, e32, lut, cat, out, sub, idx):
+    # One image. scores (N,) float32 in [0, 1]; masks (N,) uint8; e32 (K + 3,) float32: the edges rounded up to
+    # float32 (for a float32 s, s >= edge <=> s >= e32); lut (S + 1,) uint16: 1 + bin of k / S (0: below the
+    # first edge); cat (256,) uint8: 0 foreground, 1 background, 2 dropped; out (2, K + 2), added to;
+    # sub (4 * 3 * (K + 3),) int32 and idx (N,) uint16 scratch. Needs at most one edge inside any bucket
+    # (edge spacing > 1 / S): one compare then fixes the bin. Two branch-free passes: float32 bins first
+    # (s * S is exact: S is a power of two), then four interleaved sub-histograms (they break the
+    # read-modify-write chains of equal bins).
+    nb = e32.shape[0]
+    S = np.float32(lut.shape[0] - 1)
+    n = scores.shape[0]
+    for p in range(n):
+        s = scores[p]
+        b = lut[np.uint32(s * S)]
+        idx[p] = b + np.uint16(e32[b] <= s) + np.uint16(cat[masks[p]]) * np.uint16(nb)
+    sub[:] = 0
+    for p in range(n):
+        sub[np.uint32((p & 3) * 3 * nb) + np.uint32(idx[p])] += 1
+    for q in range(4):
+        for c in range(2):
+            for b in range(1, nb):
+                out[c, b - 1] += sub[(3 * q + c) * nb + b]
+
+
+@njit(cache=True, nogil=True)
+def _pxap_hist_unit(scores, masks, e32, lut, cat, out):
+    # scores (B, N) float32, masks (B, N), out (B, 2, K + 2): _pxap_hist_unit_one per image
+    sub = np.empty(12 * e32.shape[0], np.int32)
+    idx = np.empty(scores.shape[1], np.uint16)
     for i in range(scores.shape[0]):
-        sub[:] = 0
-        for p in range(scores.shape[1]):
-            s = np.float64(scores[i, p])
-            b = lut[np.int64(s * S)]
-            b += edges[b] <= s  # edges[b] is the upper edge of bin b - 1
-            sub[p & 3, cat[masks[i, p]], b] += 1
-        for q in range(4):
-            for c in range(2):
-                for b in range(1, nb):
-                    out[i, c, b - 1] += sub[q, c, b]
+        _pxap_hist_unit_one(scores[i], masks[i], e32, lut, cat, out[i], sub, idx)
 
 
-def _pxap_histograms_unit(maps: np.ndarray, masks: np.ndarray, thresholds) -> np.ndarray:
-    """:func:`pxap_histograms` of (B, H, W) maps already checked to lie in [0, 1]; (B, 2, K + 2) int64."""
+@njit(cache=True, nogil=True, parallel=True)
+def _pxap_hist_unit_parallel(scores, masks, e32, lut, cat, out):
+    # the same over the images on numba threads (each image its own scratch)
+    for i in prange(scores.shape[0]):
+        sub = np.empty(12 * e32.shape[0], np.int32)
+        idx = np.empty(scores.shape[1], np.uint16)
+        _pxap_hist_unit_one(scores[i], masks[i], e32, lut, cat, out[i], sub, idx)
+
+
+def _edges_f32_up(edges: np.ndarray) -> np.ndarray:
+    """Each float64 edge rounded up to float32: for a float32 s, ``s >= edge`` iff ``s >= result``."""
+    e32 = edges.astype(np.float32)  # round to nearest
+    below = e32.astype(np.float64) < edges
+    e32[below] = np.nextafter(e32[below], np.float32(np.inf))
+    return e32
+
+
+def _pxap_histograms_unit(maps: np.ndarray, masks: np.ndarray, thresholds, parallel: bool = False) -> np.ndarray:
+    """:func:`pxap_histograms` of (B, H, W) maps already checked to lie in [0, 1]; (B, 2, K + 2) int64.
+
+    ``parallel``: the images of the batch on numba threads.
+    """
     edges = pxap_bin_edges(thresholds)
     K = edges.shape[0] - 3
     if K < 1 or np.any(np.diff(edges) <= 0) or edges[0] < 0 or edges[K - 1] >= 1:
@@ -942,11 +973,14 @@ def _pxap_histograms_unit(maps: np.ndarray, masks: np.ndarray, thresholds) -> np
     out = np.zeros((B, 2, K + 2), dtype=np.int64)
     if maps.size == 0:
         return out
+    if maps.dtype != np.float32:
+        return pxap_histograms(maps, masks, thresholds)
     lut = np.searchsorted(edges[: K + 1], np.arange(_PXAP_LUT_SIZE + 1) / _PXAP_LUT_SIZE, side="right")
-    cat = np.full(256, 2, np.int64)
+    cat = np.full(256, 2, np.uint8)
     cat[1], cat[0] = 0, 1
-    _pxap_hist_unit(np.ascontiguousarray(maps).reshape(B, -1), np.ascontiguousarray(masks, np.uint8).reshape(B, -1),
-                    edges, lut.astype(np.int64), cat, out)
+    kernel = _pxap_hist_unit_parallel if parallel else _pxap_hist_unit
+    kernel(np.ascontiguousarray(maps).reshape(B, -1), np.ascontiguousarray(masks, np.uint8).reshape(B, -1),
+           _edges_f32_up(edges), lut.astype(np.uint16), cat, out)
     return out
 
 

@@ -13,8 +13,10 @@ truncation, as wsoleval's pipeline does.
 
 from __future__ import annotations
 
+import queue
+import threading
 import warnings
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +36,8 @@ from camlab.localization import (
     threshold_grid,
 )
 
-__all__ = ["BoxAccuracy", "PxAP", "ScoreMaps", "TopKLocalization", "WSOLMetrics", "resolve_thresholds"]
+__all__ = ["BoxAccuracy", "PxAP", "ScoreMaps", "TopKLocalization", "UpdateWorker", "WSOLMetrics",
+           "resolve_thresholds"]
 
 
 def resolve_thresholds(cam_thresholds) -> np.ndarray:
@@ -214,6 +217,8 @@ class PxAP(_RowMetric):
     ``PxAP/recall`` (T,), ``PIoU/curve`` (T,, percent), ``PxAP/num_samples``; empty dict when no sample;
     NaN values (and a RuntimeWarning) when no pixel is positive or none is predicted.
 
+    ``parallel=True`` histograms the images of a batch on numba threads (same counts).
+
     Example:
         >>> m = PxAP(cam_thresholds=[0.0, 0.5])
         >>> cams = torch.tensor([[[0.9, 0.1], [0.8, 0.2]]]); masks = torch.tensor([[[1, 0], [1, 255]]])
@@ -222,9 +227,10 @@ class PxAP(_RowMetric):
         (100.0, 100.0)
     """
 
-    def __init__(self, cam_thresholds=None, **kwargs) -> None:
+    def __init__(self, cam_thresholds=None, parallel: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.thresholds = resolve_thresholds(cam_thresholds)
+        self.parallel = bool(parallel)
         self.add_state("index", default=[], dist_reduce_fx="cat")
         self.add_state("hist", default=[], dist_reduce_fx="cat")
 
@@ -234,7 +240,8 @@ class PxAP(_RowMetric):
         index = _check_index(index, maps.shape[0])
         if tuple(masks.shape) != maps.shape:
             raise ValueError(f"masks {tuple(masks.shape)} must match cams {maps.shape}")
-        hist = _pxap_histograms_unit(maps.maps, masks.detach().cpu().to(torch.uint8).numpy(), self.thresholds)
+        hist = _pxap_histograms_unit(maps.maps, masks.detach().cpu().to(torch.uint8).numpy(), self.thresholds,
+                                     parallel=self.parallel)
         self.index.append(index.to(self.device))
         self.hist.append(torch.from_numpy(hist.astype(np.int32)).to(self.device))  # (B, 2, T + 2)
 
@@ -370,7 +377,7 @@ class WSOLMetrics(torch.nn.Module):
         self.thresholds = resolve_thresholds(cam_thresholds)
         self.box_v2 = BoxAccuracy(self.thresholds, iou_thresholds, multi_contour=True, parallel=parallel)
         self.box_v1 = BoxAccuracy(self.thresholds, (50,), multi_contour=False) if max_box_acc else None
-        self.pxap = PxAP(self.thresholds) if masks else None
+        self.pxap = PxAP(self.thresholds, parallel=parallel) if masks else None
         self.topk_loc = (TopKLocalization(loc_cam_threshold, loc_iou_threshold, topk, loc_multi_contour)
                          if topk else None)
 
@@ -418,3 +425,95 @@ class WSOLMetrics(torch.nn.Module):
     def reset(self) -> None:
         for m in self._metrics():
             m.reset()
+
+
+class UpdateWorker:
+    """Runs submitted calls one at a time, in submission order, on one background thread.
+
+    Made for metric updates that should overlap the caller's next batch: the kernels of
+    :mod:`camlab.localization` release the GIL (numba ``nogil``, OpenCV), so the update of batch i runs while
+    the main thread computes batch i + 1. One thread and a FIFO queue: the calls run exactly as a plain loop
+    would run them (same order, same state), so results are bit-identical to calling them directly.
+
+    * ``submit`` blocks while ``max_pending`` calls are queued (back-pressure: at most that many batches
+      are held in memory);
+    * the first exception a call raises is stored; later calls are skipped, and the exception is re-raised
+      (with its traceback) by the next ``submit``, ``join`` or ``close``;
+    * ``join`` waits until every submitted call has run; call it before reading what the calls wrote (e.g.
+      before ``compute()``). ``close`` joins and stops the thread (a later ``submit`` starts a new one).
+
+    Nothing else may touch the objects the queued calls use until ``join`` returns: in particular not
+    ``Metric.to()``, which rebuilds the list states.
+
+    Example:
+        >>> out = []
+        >>> w = UpdateWorker()
+        >>> for i in range(3):
+        ...     w.submit(out.append, i)
+        >>> w.join(); out
+        [0, 1, 2]
+        >>> w.close()
+    """
+
+    def __init__(self, max_pending: int = 2, name: str = "camlab-metric-updates") -> None:
+        if int(max_pending) < 1:
+            raise ValueError(f"max_pending must be >= 1, got {max_pending}")
+        self.max_pending = int(max_pending)
+        self.name = name
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def __getstate__(self) -> dict:  # picklable (ddp_spawn, deepcopy): the thread and queue are not copied
+        return {"max_pending": self.max_pending, "name": self.name, "_queue": None, "_thread": None, "_error": None}
+
+    def _run(self, q: queue.Queue) -> None:
+        while True:
+            item = q.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:
+                    fn, args, kwargs = item
+                    fn(*args, **kwargs)
+            except BaseException as err:  # kept for the caller's thread; later calls are skipped
+                self._error = err
+            finally:
+                item = None  # drop the batch's references before waiting for the next one
+                q.task_done()
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Queue ``fn(*args, **kwargs)``; re-raises an earlier call's exception instead of queueing."""
+        self._raise_pending()
+        if self._thread is None or not self._thread.is_alive():
+            self._queue = queue.Queue(maxsize=self.max_pending)
+            self._thread = threading.Thread(target=self._run, args=(self._queue,), name=self.name, daemon=True)
+            self._thread.start()
+        self._queue.put((fn, args, kwargs))
+
+    def join(self) -> None:
+        """Wait for every submitted call; re-raise the first exception one of them raised."""
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.join()
+        self._raise_pending()
+
+    def close(self, raise_errors: bool = True) -> None:
+        """Join, then stop the thread. ``raise_errors=False`` drops a pending exception (cleanup paths)."""
+        try:
+            if self._thread is not None and self._thread.is_alive():
+                self._queue.join()
+                self._queue.put(None)
+                self._thread.join()
+        finally:
+            self._thread = None
+            self._queue = None
+            if raise_errors:
+                self._raise_pending()
+            else:
+                self._error = None
+
