@@ -298,16 +298,20 @@ def test_pxap_unit_histogram_matches_numpy(thresholds):
 
     rng = np.random.default_rng(4)
     t = np.asarray(thresholds, np.float64)
-    on_edges = np.concatenate([t, t.astype(np.float32).astype(np.float64), np.nextafter(t, 0), [0.0, 1.0, 0.3]])
+    t32 = t.astype(np.float32)  # the float32 neighbours of every edge: the kernel compares in float32
+    near = np.concatenate([t32, np.nextafter(t32, np.float32(0)), np.nextafter(t32, np.float32(2))]).astype(np.float64)
+    on_edges = np.concatenate([t, near, np.nextafter(t, 0), [0.0, 1.0, 0.3, 1 - 2**-24, 2**-24]])
     s = np.concatenate([np.clip(on_edges, 0, 1), rng.random(3000)]).astype(np.float32)
     s = s[: s.size - s.size % 6].reshape(3, 2, -1)
     m = rng.choice(np.array([0, 1, 255, 7], np.uint8), size=s.shape)
-    hist = _pxap_histograms_unit(s, m, thresholds)
     edges = np.append(t, [1.0, 2.0, 3.0])
-    for i in range(3):
-        s64 = s[i].astype(np.float64)
-        np.testing.assert_array_equal(hist[i, 0], np.histogram(s64[m[i] == 1], bins=edges)[0])
-        np.testing.assert_array_equal(hist[i, 1], np.histogram(s64[m[i] == 0], bins=edges)[0])
+    # float32 maps serially and on numba threads, float64 maps (general kernel)
+    for hist in (_pxap_histograms_unit(s, m, thresholds), _pxap_histograms_unit(s, m, thresholds, parallel=True),
+                 _pxap_histograms_unit(s.astype(np.float64), m, thresholds)):
+        for i in range(3):
+            s64 = s[i].astype(np.float64)
+            np.testing.assert_array_equal(hist[i, 0], np.histogram(s64[m[i] == 1], bins=edges)[0])
+            np.testing.assert_array_equal(hist[i, 1], np.histogram(s64[m[i] == 0], bins=edges)[0])
 
 
 def test_fused_uint8_conversion_and_range_check():

@@ -1,5 +1,6 @@
 """camlab.metrics: the Metric classes against the plain reference, de-duplication, validation."""
 
+import threading
 import numpy as np
 import pytest
 import torch
@@ -7,7 +8,7 @@ import torch.nn.functional as F
 
 from _wsol_reference import ref_best_ious, ref_max_box_acc, ref_pxap
 from camlab.localization import normalize_cams, threshold_grid
-from camlab.metrics import BoxAccuracy, PxAP, TopKLocalization, WSOLMetrics
+from camlab.metrics import BoxAccuracy, PxAP, TopKLocalization, UpdateWorker, WSOLMetrics
 
 GRID = threshold_grid()
 
@@ -220,3 +221,129 @@ def test_scoremaps_normalize_is_bit_identical_to_minmax_normalize():
     b.update(**{**data, "cams": ScoreMaps.normalize(data["cams"])})
     ra, rb = a.compute(), b.compute()
     assert ra.keys() == rb.keys() and all(torch.equal(ra[k], rb[k]) for k in ra)
+
+
+# --- background updates -------------------------------------------------------------------------------
+def test_update_worker_keeps_order_and_reraises_the_first_error():
+    out = []
+    w = UpdateWorker(max_pending=1)
+    for i in range(50):
+        w.submit(out.append, i)
+    w.join()
+    assert out == list(range(50))
+
+    def fail(msg):
+        raise KeyError(msg)
+
+    w = UpdateWorker(max_pending=4)
+    gate = threading.Event()
+    w.submit(gate.wait)  # holds the worker until all three calls below are queued
+    w.submit(fail, "first")
+    w.submit(fail, "second")  # skipped: the worker stops running calls after a failure
+    w.submit(out.append, -1)
+    gate.set()
+    with pytest.raises(KeyError, match="first"):
+        w.join()
+    assert out[-1] == 49
+    w.join()  # raised once
+    w.submit(fail, "at submit")
+    w._queue.join()  # the failing call has run: the next submit re-raises instead of queueing
+    with pytest.raises(KeyError, match="at submit"):
+        w.submit(out.append, -2)
+    w.submit(out.append, 50)
+    w.close()
+    assert out[-1] == 50 and -1 not in out and -2 not in out
+    assert w._thread is None
+    w.submit(fail, "dropped")
+    w.close(raise_errors=False)  # cleanup path: no exception
+    import pickle
+
+    pickle.loads(pickle.dumps(w))  # a callback holding a worker stays picklable
+    with pytest.raises(ValueError):
+        UpdateWorker(max_pending=0)
+
+
+def test_metric_updates_on_the_worker_are_bit_identical():
+    data = make_dataset(n=23, H=24, W=30)
+    direct, threaded = (WSOLMetrics(masks=True, topk=(1, 2)) for _ in range(2))
+    worker = UpdateWorker()
+    for b in batches(data, 4):
+        direct.update(**b)
+        worker.submit(threaded.update, **b)
+    worker.join()
+    ra, rb = direct.compute(), threaded.compute()
+    assert ra.keys() == rb.keys() and all(torch.equal(ra[k], rb[k]) for k in ra)
+    assert direct.curves() == threaded.curves()
+    maps = data["cams"].numpy()
+    best, _ = ref_max_box_acc(maps, [gts(data, i) for i in range(len(maps))], GRID, (30, 50, 70), True)
+    assert rb["MaxBoxAccV2"].item() == pytest.approx(np.mean([best[k] for k in (30, 50, 70)]), abs=1e-12)
+    bad = next(batches(data, 4))
+    worker.submit(threaded.update, **{**bad, "num_boxes": torch.zeros(4, dtype=torch.long)})
+    with pytest.raises(ValueError, match="num_boxes"):
+        worker.join()
+    worker.close()
+
+
+def _tiny_validation_setup(num_val=40):
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module("camlab.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["backbone.width=4", "data.image_size=32", "data.num_train=8",
+                                          f"data.num_val={num_val}", "data.num_test=8", "data.batch_size=8"])
+    GlobalHydra.instance().clear()
+    torch.manual_seed(0)
+    return instantiate(cfg.data, _convert_="partial"), instantiate(cfg.model, _convert_="partial")
+
+
+def _validate(model, dm, cb):
+    import lightning.pytorch as L
+
+    trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[cb], enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False)
+    trainer.validate(model, datamodule=dm, verbose=False)
+
+
+def test_callback_background_worker_equals_main_thread(tmp_path):
+    from PIL import Image
+
+    from camlab.callbacks import CAMLocalization
+
+    dm, model = _tiny_validation_setup()
+    out = {}
+    for bg, n_overlays in ((True, 3), (False, 3), (True, 50)):  # 50 > 40 images: grid drawn at the epoch end
+        d = tmp_path / f"{bg}_{n_overlays}"
+        cb = CAMLocalization(num_overlays=n_overlays, output_dir=str(d), background=bg, topk=(1,))
+        _validate(model, dm, cb)
+        assert cb._worker._thread is None  # stopped at teardown
+        grid = np.asarray(Image.open(d / "overlay_epoch000.png"))
+        assert np.array_equal(grid, np.asarray(Image.open(d / "overlay_latest.png")))
+        assert (d / "curves_val_epoch000.csv").is_file() and Image.open(d / "curves_val.png").size == (720, 280)
+        out[bg, n_overlays] = cb.last_results["val"], grid
+    assert {"MaxBoxAccV2", "PxAP", "top1_loc"} <= set(out[True, 3][0])
+    assert out[True, 3][0] == out[False, 3][0] == out[True, 50][0]  # exactly equal floats
+    assert np.array_equal(out[True, 3][1], out[False, 3][1])  # the same overlay grid, pixel for pixel
+    assert out[True, 50][1].shape[0] > out[True, 3][1].shape[0]  # 40 tiles, not 3
+
+
+def test_callback_worker_error_fails_the_validation(tmp_path):
+    from camlab.callbacks import CAMLocalization
+
+    dm, model = _tiny_validation_setup(num_val=24)
+    cb = CAMLocalization(num_overlays=0, output_dir=str(tmp_path), background=True)
+    calls = []
+
+    class Failing:
+        def update(self, **kwargs):
+            calls.append(kwargs["index"][0].item())
+            if len(calls) == 2:
+                raise RuntimeError("update failed on the worker")
+
+    cb._stage_metrics = lambda stage, device: Failing()
+    with pytest.raises(RuntimeError, match="update failed on the worker"):
+        _validate(model, dm, cb)
+    assert calls == [0, 8]  # the third batch is not updated after the failure
+    assert cb._worker._thread is None
+
