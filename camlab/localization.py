@@ -31,10 +31,12 @@ gaps and join the runs by union-find (foreground 8-connected; gaps 4-connected, 
 background column outside a neighbour row's ``[first, last]`` reaches the border, the rest are holes).
 A numba kernel (``cache=True``) does all of it.
 
-The largest-contour variant (MaxBoxAcc) needs ``cv2.contourArea`` (a polygon area through contour
-pixel centres), which the run labelling does not give; :func:`best_ious_largest_contour` therefore
-calls ``cv2.findContours`` once per *distinct* threshold level, cropped to the foreground's bounding
-box and skipped when the mask did not change since the previous level.
+The largest-contour variant (MaxBoxAcc, and top-k loc at one threshold) needs ``cv2.contourArea`` (a
+polygon area through contour pixel centres), which the run labelling does not give. The kernel also
+counts the contours (components plus holes) of every level: where there is at most one, it is the
+largest, and its IoU is the all-contour one. Only levels with several contours go to
+``cv2.findContours``, once per *distinct* level, cropped to the foreground's bounding box and skipped
+when the mask did not change since the previous such level.
 """
 
 from __future__ import annotations
@@ -500,9 +502,10 @@ def _events_by_level(elo, ehi, ex, rowend, ne, n):
 
 @njit(cache=True)
 def _chain_level(j, yf, yl, L, R, rmax, W, H, gt, n_gt):
-    """Best IoU at a level where every row has at most one run: the components are chains of consecutive
-    rows whose runs touch (8-connected), and no background is enclosed (no hole)."""
+    """(best IoU, number of contours) at a level where every row has at most one run: the components are
+    chains of consecutive rows whose runs touch (8-connected), and no background is enclosed (no hole)."""
     best = 0.0
+    count = 0
     opened = False
     pa = 0
     pb = 0
@@ -526,6 +529,7 @@ def _chain_level(j, yf, yl, L, R, rmax, W, H, gt, n_gt):
             v = _best_iou_box(bx0, by0, min(bx1 + 1, W - 1), min(y, H - 1), gt, n_gt)
             if v > best:
                 best = v
+            count += 1
             opened = False
         if live:
             opened = True
@@ -534,7 +538,7 @@ def _chain_level(j, yf, yl, L, R, rmax, W, H, gt, n_gt):
             by0 = y
             pa = a
             pb = b
-    return best
+    return best, count
 
 
 @njit(cache=True, inline="always")
@@ -547,7 +551,8 @@ def _merge_box(bb, ra, rb):
 
 @njit(cache=True)
 def _general_level(j, yf, yl, e0, e1, sy, sx, L, R, rmax, W, H, gt, n_gt, buf):
-    """Best IoU over the components and holes of one level whose rows may hold several runs.
+    """(best IoU, number of contours) over the components and holes of one level whose rows may hold
+    several runs.
 
     A row's runs are [L, R] cut by its gaps (level events in pairs, right to left). Runs of consecutive
     rows join by union-find over nodes (8-connected); a single run under a single touching run extends
@@ -650,24 +655,28 @@ def _general_level(j, yf, yl, e0, e1, sy, sx, L, R, rmax, W, H, gt, n_gt, buf):
             phx1[q] = hx1[q]
             pgnode[q] = gnode[q]
         pgc = k
+    count = 0
     for r in range(nf):
         if par[r] == r:
             v = _best_iou_box(bb[r, 0], bb[r, 1], min(bb[r, 2] + 1, W - 1), min(bb[r, 3] + 1, H - 1), gt, n_gt)
             best = max(best, v)
+            count += 1
     for r in range(ngn):
         if gpar[r] == r and not gborder[r]:
             v = _best_iou_box(gbb[r, 0] - 1, gbb[r, 1] - 1, min(gbb[r, 2] + 2, W - 1), min(gbb[r, 3] + 2, H - 1),
                               gt, n_gt)
             best = max(best, v)
-    return best
+            count += 1
+    return best, count
 
 
 @njit(cache=True)
-def _all_contours_levels(u8, levels, gt, n_gt, out):
+def _all_contours_levels(u8, levels, gt, n_gt, out, counts):
     """Best IoU over all tree-mode contours at each cut level (see the module docstring).
 
     u8 (H, W) uint8; levels (K,) cut levels (foreground is ``u8 > level``); gt (G, 4) inclusive ints,
-    the first n_gt valid; out (K,) float64, written.
+    the first n_gt valid; out (K,) float64 and counts (K,) int64 (the number of contours: components plus
+    holes), written.
     """
     H, W = u8.shape
     rank, index, n = _level_ranks(levels)
@@ -684,6 +693,7 @@ def _all_contours_levels(u8, levels, gt, n_gt, out):
            np.empty(wr, np.int32), np.empty(wr, np.int32), np.empty(wr, np.int32), np.empty(wr, np.int32),
            np.empty(wr, np.int32), np.empty(wr, np.int32))
     best = np.zeros(n, np.float64)
+    cnt = np.zeros(n, np.int64)
     empty = _best_iou_box(0, 0, 0, 0, gt, n_gt)  # no contour: the box (0, 0, 0, 0)
     yf = 0
     yl = H - 1
@@ -696,27 +706,34 @@ def _all_contours_levels(u8, levels, gt, n_gt, out):
         if yf > yl:
             best[j] = empty
         elif start[j] == start[j + 1]:
-            best[j] = _chain_level(j, yf, yl, L, R, rmax, W, H, gt, n_gt)
+            best[j], cnt[j] = _chain_level(j, yf, yl, L, R, rmax, W, H, gt, n_gt)
         else:
-            best[j] = _general_level(j, yf, yl, start[j], start[j + 1], sy, sx, L, R, rmax, W, H, gt, n_gt, buf)
+            best[j], cnt[j] = _general_level(j, yf, yl, start[j], start[j + 1], sy, sx, L, R, rmax, W, H, gt, n_gt,
+                                             buf)
     for k in range(out.shape[0]):
-        out[k] = best[index[min(max(levels[k], -1), 255) + 1]]
+        j = index[min(max(levels[k], -1), 255) + 1]
+        out[k] = best[j]
+        counts[k] = cnt[j]
 
 
 @njit(cache=True, nogil=True)
-def _all_contours_serial(u8, levels, gt, n_gt, out):
+def _all_contours_serial(u8, levels, gt, n_gt, out, counts):
     for i in range(u8.shape[0]):
-        _all_contours_levels(u8[i], levels[i], gt[i], n_gt[i], out[i])
+        _all_contours_levels(u8[i], levels[i], gt[i], n_gt[i], out[i], counts[i])
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _all_contours_parallel(u8, levels, gt, n_gt, out):
+def _all_contours_parallel(u8, levels, gt, n_gt, out, counts):
     for i in prange(u8.shape[0]):
-        _all_contours_levels(u8[i], levels[i], gt[i], n_gt[i], out[i])
+        _all_contours_levels(u8[i], levels[i], gt[i], n_gt[i], out[i], counts[i])
 
 
-def _all_contours_batch(u8, levels, gt, n_gt, out, parallel=False):
-    (_all_contours_parallel if parallel else _all_contours_serial)(u8, levels, gt, n_gt, out)
+def _all_contours_batch(u8, levels, gt, n_gt, out, parallel=False, counts=None):
+    """Fill ``out`` (B, K) with the best all-contour IoU per image and level; ``counts`` (B, K) int64, when
+    given, gets the number of tree-mode contours there (components plus holes)."""
+    if counts is None:
+        counts = np.empty(levels.shape, np.int64)
+    (_all_contours_parallel if parallel else _all_contours_serial)(u8, levels, gt, n_gt, out, counts)
 
 
 def _as_maps(scoremaps) -> np.ndarray:
@@ -790,9 +807,10 @@ def best_ious_all_contours(scoremaps, gt_boxes, num_boxes=None, thresholds=None)
 def best_ious_largest_contour(scoremaps, gt_boxes, num_boxes=None, thresholds=None) -> np.ndarray:
     """Per image and threshold, the best IoU of the largest-``contourArea`` contour's box (MaxBoxAcc).
 
-    Uses ``cv2.findContours`` once per distinct level (not per threshold), on the crop around the
-    foreground, reusing the previous result when the mask did not change; no tree fast path because
-    the polygon area of a traced contour is not a component-tree quantity.
+    Levels where the mask has at most one contour take the all-contour kernel's IoU (that contour is the
+    largest). The others use ``cv2.findContours`` once per distinct level (not per threshold), on the crop
+    around the foreground, reusing the previous result when the mask did not change: the polygon area of a
+    traced contour is not a run-labelling quantity.
 
     Args, Returns: as :func:`best_ious_all_contours`.
 
@@ -805,36 +823,43 @@ def best_ious_largest_contour(scoremaps, gt_boxes, num_boxes=None, thresholds=No
     return _largest_contour_ious(*_prepare(scoremaps, gt_boxes, num_boxes, thresholds))
 
 
-def _largest_contour_ious(u8, gt, n_gt, levels) -> np.ndarray:
+def _largest_contour_ious(u8, gt, n_gt, levels, parallel: bool = False) -> np.ndarray:
     B, H, W = u8.shape
+    # Where the mask has at most one contour (one component, no hole), that contour is the largest and its
+    # box is the all-contour kernel's: its IoU is the all-contour one. OpenCV only where there are several.
     out = np.zeros(levels.shape, dtype=np.float64)
-    for i in range(B):
+    counts = np.empty(levels.shape, np.int64)
+    _all_contours_batch(u8, levels, gt, n_gt, out, parallel=parallel, counts=counts)
+    several = counts >= 2
+    for i in np.flatnonzero(several.any(axis=1)):
         img = u8[i]
         gti = gt[i, : n_gt[i]].tolist()
         row_max = img.max(axis=1)
         col_max = img.max(axis=0)
-        n_above = np.cumsum(np.bincount(img.ravel(), minlength=256)[::-1])[::-1]  # pixels >= v
+        todo = sorted(set(levels[i][several[i]].tolist()))
+        n_above = (np.cumsum(np.bincount(img.ravel(), minlength=256)[::-1])[::-1]  # pixels >= v
+                   if len(todo) > 1 else None)
         cache: dict[int, float] = {}
         prev_count, prev_val = -1, 0.0
-        for L in sorted(set(levels[i].tolist())):
-            n_fg = int(n_above[L + 1]) if L < 255 else 0
-            if n_fg == prev_count:  # nested masks of equal size are equal
-                cache[L] = prev_val
-                continue
-            if n_fg == 0:
-                box = [0, 0, 0, 0]
-            else:  # crop to the foreground: same contours, same order, shifted back by offset
-                ys = np.flatnonzero(row_max > L)
-                xs = np.flatnonzero(col_max > L)
-                y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
-                _, binary = cv2.threshold(img[y0:y1, x0:x1], L, 255, cv2.THRESH_BINARY)
-                contours = _contours(binary, offset=(x0, y0))
-                areas = [cv2.contourArea(c) for c in contours]
-                box = _contour_box(contours[areas.index(max(areas))], W, H)  # first of the largest
+        for L in todo:
+            if n_above is not None:
+                n_fg = int(n_above[L + 1]) if L < 255 else 0
+                if n_fg == prev_count:  # nested masks of equal size are equal
+                    cache[L] = prev_val
+                    continue
+            # crop to the foreground: same contours, same order, shifted back by offset
+            ys = np.flatnonzero(row_max > L)
+            xs = np.flatnonzero(col_max > L)
+            y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+            _, binary = cv2.threshold(img[y0:y1, x0:x1], L, 255, cv2.THRESH_BINARY)
+            contours = _contours(binary, offset=(x0, y0))
+            areas = [cv2.contourArea(c) for c in contours]
+            box = _contour_box(contours[areas.index(max(areas))], W, H)  # first of the largest
             val = max(_iou_py(box, g) for g in gti)
             cache[L] = val
-            prev_count, prev_val = n_fg, val
-        out[i] = [cache[L] for L in levels[i].tolist()]
+            if n_above is not None:
+                prev_count, prev_val = n_fg, val
+        out[i, several[i]] = [cache[L] for L in levels[i][several[i]].tolist()]
     return out
 
 

@@ -179,7 +179,7 @@ class BoxAccuracy(_RowMetric):
             ious = np.zeros(levels.shape, dtype=np.float64)
             _all_contours_batch(maps.u8, levels, gt, n_gt, ious, parallel=self.parallel)
         else:
-            ious = _largest_contour_ious(maps.u8, gt, n_gt, levels)
+            ious = _largest_contour_ious(maps.u8, gt, n_gt, levels, parallel=self.parallel)
         self.index.append(index.to(self.device))
         self.ious.append(torch.from_numpy(ious).to(self.device))
 

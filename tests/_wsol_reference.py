@@ -32,6 +32,13 @@ def ref_boxes(scoremap: np.ndarray, threshold: float, multi_contour: bool) -> li
     return boxes
 
 
+def ref_num_contours(scoremap: np.ndarray, threshold: float) -> int:
+    """Number of OpenCV tree-mode contours of the thresholded map (outer borders plus holes)."""
+    u8 = (scoremap * 255).astype(np.uint8)
+    _, binary = cv2.threshold(u8, int(threshold * np.max(u8)), 255, cv2.THRESH_BINARY)
+    return len(cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2])
+
+
 def ref_iou(a, b) -> float:
     iw = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
     ih = max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)

@@ -5,8 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _wsol_reference import ref_best_ious, ref_pxap
+from _wsol_reference import ref_best_ious, ref_num_contours, ref_pxap
 from camlab.localization import (
+    _all_contours_batch,
+    _cut_levels,
+    _prepare_gt,
+    _scoremaps_u8,
     best_ious_all_contours,
     best_ious_largest_contour,
     box_iou_inclusive,
@@ -257,6 +261,12 @@ def test_random_maps_match_reference(kind):
         v2, v1 = both(m, gt)
         np.testing.assert_array_equal(v2, ref_best_ious(m, gt, GRID, multi_contour=True))
         np.testing.assert_array_equal(v1, ref_best_ious(m, gt, GRID, multi_contour=False))
+        # the kernel's contour counts (MaxBoxAcc and top-k loc skip OpenCV where there is at most one)
+        u8, vmax = _scoremaps_u8(m[None], check=True)
+        levels = _cut_levels(vmax, GRID)
+        counts = np.full(levels.shape, -1, np.int64)
+        _all_contours_batch(u8, levels, *_prepare_gt(gt[None], None, 1), np.zeros(levels.shape), counts=counts)
+        assert counts[0].tolist() == [ref_num_contours(m, t) for t in GRID]
 
 
 def test_batched_padded_boxes_at_224_match_reference():
@@ -371,6 +381,12 @@ def test_thin_maps_match_reference(shape):
         v2, v1 = both(m, gt)
         np.testing.assert_array_equal(v2, ref_best_ious(m, gt, GRID, multi_contour=True))
         np.testing.assert_array_equal(v1, ref_best_ious(m, gt, GRID, multi_contour=False))
+        # the kernel's contour counts (MaxBoxAcc and top-k loc skip OpenCV where there is at most one)
+        u8, vmax = _scoremaps_u8(m[None], check=True)
+        levels = _cut_levels(vmax, GRID)
+        counts = np.full(levels.shape, -1, np.int64)
+        _all_contours_batch(u8, levels, *_prepare_gt(gt[None], None, 1), np.zeros(levels.shape), counts=counts)
+        assert counts[0].tolist() == [ref_num_contours(m, t) for t in GRID]
 
 
 def test_empty_batch():
