@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image, ImageDraw, ImageFont
 
-from camlab.cam import minmax_normalize, upsample
+from camlab.cam import upsample
 from camlab.cam_methods import check_method, compute_cams
 from camlab.viz import OverlaySample, denormalize, render_grid
 
@@ -212,12 +212,12 @@ class CAMLocalization(L.Callback):
 
     # ---- overlays ------------------------------------------------------------------------------------
     def _overlay_inputs(self, trainer, pl_module, features, logits, batch, size) -> tuple:
-        """The torch part of the overlays of this batch (main thread): predicted-class CAMs, normalized."""
+        """The torch part of the overlays of this batch (main thread): predicted-class CAMs, upsampled."""
         dm = trainer.datamodule
         take = min(self.num_overlays - self._overlays_taken, logits.shape[0])
         self._overlays_taken += take
         score, pred = logits[:take].softmax(dim=1).max(dim=1)
-        cams = minmax_normalize(upsample(self._raw_cams(pl_module, features[:take], pred), size))
+        cams = upsample(self._raw_cams(pl_module, features[:take], pred), size)  # raw: normalized on the worker
         gt = ([batch["boxes"][i, : int(batch["num_boxes"][i])].tolist() for i in range(take)]
               if "boxes" in batch else [[] for _ in range(take)])
         meta = (getattr(dm, "mean", (0.0, 0.0, 0.0)), getattr(dm, "std", (1.0, 1.0, 1.0)),
@@ -226,11 +226,13 @@ class CAMLocalization(L.Callback):
 
     def _add_overlays(self, images, cams, gt, labels, pred, score, index, meta) -> None:
         """Overlay samples from :meth:`_overlay_inputs`; renders and saves the grid once it is complete."""
-        from camlab.localization import boxes_at_threshold, scoremap_to_uint8
+        from camlab.localization import boxes_at_threshold
+        from camlab.metrics import ScoreMaps
 
         mean, std, names, epoch = meta
         images = images.detach().float().cpu().numpy()
-        cams = cams.detach().cpu().numpy()
+        maps = ScoreMaps.normalize(cams)  # bit-identical to minmax_normalize, with the uint8 maps
+        cams = maps.maps
         labels, pred, score, index = labels.tolist(), pred.tolist(), score.tolist(), index.tolist()
         for i in range(len(cams)):
             self._overlays.append(
@@ -239,7 +241,7 @@ class CAMLocalization(L.Callback):
                     cam=cams[i],
                     gt_boxes=gt[i],
                     pred_box=[float(v) for v in boxes_at_threshold(
-                        scoremap_to_uint8(cams[i]), self.cam_threshold, multi_contour=False)[0]],
+                        maps.u8[i], self.cam_threshold, multi_contour=False)[0]],
                     label=names[labels[i]] if names else str(labels[i]),
                     pred=names[pred[i]] if names else str(pred[i]),
                     score=float(score[i]),
