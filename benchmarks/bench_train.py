@@ -1,17 +1,30 @@
 """Framework overhead of the default experiment's training loop: Lightning (as camlab-train runs it) vs plain PyTorch.
 
 Both loops train the same model (the default config's backbone and head) on the same data loader with the same
-optimizer and scheduler; validation is off in both so only the training loop is compared, and only the epochs
-are timed (not setup or the one-off dataset rendering, which both pay equally). The two are run
-alternately, several rounds, in one process, and the ratio of medians is reported (the machine is shared and
-noisy: compare within one run only).
+optimizer, scheduler (stepped every batch), loss and batch size, in one process with the same thread count and
+the process settings camlab-train applies (``camlab.utils.configure_process``: glibc malloc tuning, matmul
+precision). Both compute the training accuracy every step and keep the epoch's loss/accuracy sums (camlab logs
+``train/acc`` per epoch), and the plain loop reads the loss every ``trainer.log_every_n_steps`` steps (camlab's
+CSV rows). Lightning runs the default callbacks (Rich progress bar drawing 5 times a second into a terminal,
+here /dev/null, checkpointing, LR monitor, resume state) and the CSV logger. Validation is off in both, so only
+the training loop is compared; only the epochs are timed (not set-up, dataset rendering, or the checkpoint
+written after the epoch).
 
-    python benchmarks/bench_train.py [--epochs 2] [--rounds 3] [overrides ...]
+The two loops run alternately, several rounds, in one process (the machine is shared and noisy: compare within
+one run only). Reported per round: images/s of each (epoch wall time), their ratio, the median step time
+(batch fetch to batch fetch) and page faults per step; at the end the median of the per-round ratios.
+
+    python benchmarks/bench_train.py [--epochs 1] [--rounds 6] [--no-tune-malloc] [overrides ...]
+
+``--no-tune-malloc`` runs both loops with glibc's default malloc settings (``tune_malloc=false``), the state
+before camlab set them (benchmarks/TRAIN_NOTES.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import tempfile
 import time
@@ -30,93 +43,135 @@ def build(overrides: list[str], out_dir: str):
     return cfg
 
 
-class EpochTimer:
-    """Wall time of the training epochs only (not setup, dataset rendering or teardown)."""
+def _faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+class StepClock:
+    """Wall time and page-fault count at the start of every step."""
 
     def __init__(self) -> None:
-        import lightning.pytorch as L
+        self.marks: list[tuple[float, int]] = []
 
-        timer = self
+    def mark(self) -> None:
+        self.marks.append((time.perf_counter(), _faults()))
 
-        class _Cb(L.Callback):
-            def on_train_epoch_start(self, trainer, pl_module):
-                timer.start = time.perf_counter()
-
-            def on_train_epoch_end(self, trainer, pl_module):
-                timer.total += time.perf_counter() - timer.start
-
-        self.total = 0.0
-        self.start = 0.0
-        self.callback = _Cb()
+    def step_stats(self, skip: int = 2) -> tuple[float, float]:
+        """Median step time (s) and median page faults per step, the first ``skip`` steps left out."""
+        m = self.marks[skip:]
+        dt = [b[0] - a[0] for a, b in zip(m, m[1:])]
+        df = [b[1] - a[1] for a, b in zip(m, m[1:])]
+        return statistics.median(dt), statistics.median(df)
 
 
-def lightning_epochs(cfg, epochs: int) -> tuple[float, int]:
+def lightning_epochs(cfg, epochs: int, terminal) -> tuple[float, int, StepClock]:
     import lightning.pytorch as L
 
-    from camlab.utils import instantiate_group
+    clock, span = StepClock(), {"total": 0.0}
+
+    class _Timer(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            span["start"] = time.perf_counter()
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            clock.mark()
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            span["total"] += time.perf_counter() - span["start"]
 
     torch.manual_seed(0)
     dm = instantiate(cfg.data, _convert_="partial")
     model = instantiate(cfg.model, _convert_="partial")
-    timer = EpochTimer()
-    # The default callbacks (checkpointing, Rich progress bar, LR monitor) and CSV logger, without validation.
-    callbacks = [c for c in instantiate_group(cfg.callbacks) if "CAMLocalization" not in type(c).__name__]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, timer.callback],
+    callbacks = []
+    for name, node in cfg.callbacks.items():
+        if name == "cam_localization":  # validation is off: nothing to localize
+            continue
+        if name == "rich_progress_bar":  # drawn as into a terminal, at the configured refresh rate
+            callbacks.append(instantiate(node, console_kwargs={"force_terminal": True, "file": terminal}))
+        else:
+            callbacks.append(instantiate(node, _convert_="partial"))
+    from camlab.utils import instantiate_group
+
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, _Timer()],
                                      logger=instantiate_group(cfg.logger), max_epochs=epochs, limit_val_batches=0,
                                      enable_model_summary=False)
     trainer.fit(model, datamodule=dm)
-    return timer.total, epochs * len(dm.train_dataloader().dataset)
+    return span["total"], epochs * len(dm.train_dataloader().dataset), clock
 
 
-def plain_epochs(cfg, epochs: int) -> tuple[float, int]:
+def plain_epochs(cfg, epochs: int) -> tuple[float, int, StepClock]:
     torch.manual_seed(0)
     dm = instantiate(cfg.data, _convert_="partial")
     dm.setup("fit")
     model = instantiate(cfg.model, _convert_="partial")
     loader = dm.train_dataloader()
-    groups = [{"params": list(model.backbone.parameters())}, {"params": list(model.head.parameters())}]
+    groups = [{"params": [p for p in model.backbone.parameters() if p.requires_grad], "name": "backbone"},
+              {"params": list(model.head.parameters()), "name": "head"}]
     opt = instantiate(cfg.model.optimizer)(groups)
     steps = epochs * len(loader)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
-                                                total_steps=steps, pct_start=cfg.model.scheduler.pct_start)
+    sched = instantiate(cfg.model.scheduler)(opt, total_steps=steps, max_lr=[g["lr"] for g in opt.param_groups])
+    every = cfg.trainer.log_every_n_steps
+    clock, history, step = StepClock(), [], 0
     model.train()
     start = time.perf_counter()
     for _ in range(epochs):
+        loss_sum = acc_sum = torch.zeros(())
+        seen = 0
         for batch in loader:
-            out = model(batch["image"])
-            loss = F.cross_entropy(out["logits"], batch["label"])
+            clock.mark()
+            images, labels = batch["image"], batch["label"]
+            out = model(images)
+            loss = F.cross_entropy(out["logits"], labels, label_smoothing=cfg.model.label_smoothing)
+            acc = (out["logits"].detach().argmax(dim=1) == labels).float().mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            bs = labels.shape[0]
+            loss_sum, acc_sum, seen = loss_sum + loss.detach() * bs, acc_sum + acc * bs, seen + bs
+            step += 1
+            if step % every == 0:
+                history.append((step, loss.item()))
+        history.append((step, float(loss_sum / seen), float(acc_sum / seen)))
     elapsed = time.perf_counter() - start
-    return elapsed, epochs * len(loader.dataset)
+    return elapsed, epochs * len(loader.dataset), clock
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--no-tune-malloc", action="store_true", help="glibc's default malloc settings (tune_malloc=false)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = build(["callbacks=default", *args.overrides], tmp)
-        pl_rates, plain_rates, ratios = [], [], []
+    from camlab.utils import configure_process
+
+    with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as terminal:
+        cfg = build(["callbacks=default", f"tune_malloc={not args.no_tune_malloc}", *args.overrides], tmp)
+        configure_process(cfg)  # what camlab-train does first (process-wide: applies to both loops)
+        print(f"load average at start {os.getloadavg()[0]:.2f}; threads={torch.get_num_threads()}; "
+              f"tune_malloc={cfg.tune_malloc}", flush=True)
+        pl_rates, plain_rates, ratios, step_ratios = [], [], [], []
         for r in range(args.rounds):
             # Alternate which loop goes first: the machine is shared and its speed drifts between runs.
             order = ("plain", "lightning") if r % 2 == 0 else ("lightning", "plain")
-            rates = {}
+            res = {}
             for which in order:
-                t, n = (plain_epochs if which == "plain" else lightning_epochs)(cfg, args.epochs)
-                rates[which] = n / t
-            plain_rates.append(rates["plain"])
-            pl_rates.append(rates["lightning"])
-            ratios.append(rates["plain"] / rates["lightning"])
-            print(f"round {r}: plain {rates['plain']:.0f} img/s   lightning {rates['lightning']:.0f} img/s   "
-                  f"ratio {ratios[-1]:.3f}", flush=True)
+                t, n, clock = plain_epochs(cfg, args.epochs) if which == "plain" else lightning_epochs(
+                    cfg, args.epochs, terminal)
+                res[which] = (n / t, *clock.step_stats())
+            (p, ps, pf), (lt, ls, lf) = res["plain"], res["lightning"]
+            plain_rates.append(p)
+            pl_rates.append(lt)
+            ratios.append(p / lt)
+            step_ratios.append(ls / ps)
+            print(f"round {r}: plain {p:.0f} img/s (step {1e3 * ps:.1f} ms, {pf:.0f} faults)   "
+                  f"lightning {lt:.0f} img/s (step {1e3 * ls:.1f} ms, {lf:.0f} faults)   "
+                  f"overhead {100 * (ratios[-1] - 1):+.1f}% (steps {100 * (step_ratios[-1] - 1):+.1f}%)", flush=True)
     p, lt = statistics.median(plain_rates), statistics.median(pl_rates)
-    print(f"\nthreads={torch.get_num_threads()}  plain PyTorch {p:.0f} img/s  camlab/Lightning {lt:.0f} img/s  "
-          f"(medians); median per-round overhead {100 * (statistics.median(ratios) - 1):+.1f}%")
+    print(f"\nplain PyTorch {p:.0f} img/s  camlab/Lightning {lt:.0f} img/s (medians); median per-round overhead "
+          f"{100 * (statistics.median(ratios) - 1):+.1f}% (epoch time), {100 * (statistics.median(step_ratios) - 1):+.1f}%"
+          f" (median step); load average at end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

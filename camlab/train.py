@@ -17,6 +17,7 @@ from camlab.resume import last_checkpoint
 from camlab.utils import (
     ConfigError,
     cleanup_distributed,
+    configure_process,
     configure_wandb,
     describe_error,
     finish_experiment_trackers,
@@ -33,7 +34,6 @@ log = logging.getLogger("camlab.train")
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) the configured model; returns the final metrics as plain floats."""
     import lightning.pytorch as L
-    import torch
     from hydra.utils import instantiate
 
     from hydra.core.hydra_config import HydraConfig
@@ -42,8 +42,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("rank %d overrides: %s", rank, " ".join(HydraConfig.get().overrides.task))
     seed = L.seed_everything(cfg.seed, workers=True)  # recorded: logged here and in every logger's hparams
     log.info("seed %d", seed)
-    if cfg.trainer.get("accelerator") == "cpu":
-        torch.set_float32_matmul_precision("high")
+    configure_process(cfg)  # glibc malloc tuning (tune_malloc), CPU matmul precision
 
     datamodule = instantiate(cfg.data, _convert_="partial")
     model = instantiate(cfg.model, _convert_="partial")
