@@ -567,7 +567,9 @@ def _general_level(j, yf, yl, e0, e1, sy, sx, L, R, rmax, W, H, gt, n_gt, buf):
     pc = 0
     pgc = 0
     e = e0
-    for y in range(yf, yl + 1):
+    y = yf - 1
+    while y < yl:
+        y += 1
         if rmax[y] <= j:
             pc = 0
             pgc = 0
@@ -589,9 +591,27 @@ def _general_level(j, yf, yl, e0, e1, sy, sx, L, R, rmax, W, H, gt, n_gt, buf):
         cx1[0] = right
         cc = k + 1
         if cc == 1 and pc == 1 and cx0[0] <= px1[0] + 1 and px0[0] <= cx1[0] + 1:
+            # a single run under a single touching run, and the rows after it that are the same (no gap,
+            # touching): one chain step each, then one update of the component's box
+            a = cx0[0]
+            b = cx1[0]
+            lo = a
+            hi = b
+            while y < yl and rmax[y + 1] > j and (e >= e1 or sy[e] != y + 1):
+                a2 = L[j, y + 1]
+                b2 = R[j, y + 1]
+                if a2 > b + 1 or a > b2 + 1:
+                    break
+                y += 1
+                a = a2
+                b = b2
+                lo = min(lo, a)
+                hi = max(hi, b)
+            cx0[0] = a
+            cx1[0] = b
             root = _find(par, pnode[0])
-            bb[root, 0] = min(bb[root, 0], cx0[0])
-            bb[root, 2] = max(bb[root, 2], cx1[0])
+            bb[root, 0] = min(bb[root, 0], lo)
+            bb[root, 2] = max(bb[root, 2], hi)
             bb[root, 3] = y
             cnode[0] = root
         else:
