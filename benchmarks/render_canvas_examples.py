@@ -1,7 +1,8 @@
 """Render .github/assets/fashion_canvas_examples.png: MNISTCanvas samples with their boxes, one row per class.
 
 Usage: python benchmarks/render_canvas_examples.py [--root /usr/share/datasets/fashion-mnist] [--dataset fashion_mnist]
-       [--out .github/assets/fashion_canvas_examples.png]
+       [--image-size 48] [--out .github/assets/fashion_canvas_examples.png]
+The default image size is experiment=fashion_canvas's (48 px); canvases are upsampled to ~128 px for legibility.
 Rows are classes (8 samples each); the last row shows max_items=3 canvases. Boxes are red; the mask's
 outline is drawn in green on the last column of each row.
 """
@@ -16,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from camlab.data.canvas import MNISTCanvas
 
-SCALE = 2  # upsample 64 px canvases for legibility
+SHOWN = 128  # canvases are upsampled by an integer factor to about this many pixels
 PAD = 4
 
 
@@ -26,11 +27,14 @@ def main() -> None:
     ap.add_argument("--dataset", default="fashion_mnist")
     ap.add_argument("--out", default=".github/assets/fashion_canvas_examples.png")
     ap.add_argument("--per-class", type=int, default=8)
+    ap.add_argument("--image-size", type=int, default=48)
     args = ap.parse_args()
 
     P = args.per_class
-    ds = MNISTCanvas(args.root, "val", length=400, dataset=args.dataset, hflip=False)
-    multi = MNISTCanvas(args.root, "val", length=P, dataset=args.dataset, max_items=3, seed=1, hflip=False)
+    size = dict(dataset=args.dataset, image_size=args.image_size, hflip=False)
+    ds = MNISTCanvas(args.root, "val", length=400, **size)
+    multi = MNISTCanvas(args.root, "val", length=P, max_items=3, seed=1, **size)
+    SCALE = max(1, round(SHOWN / args.image_size))
     labels = ds.labels.tolist()
     rows = [[i for i, c in enumerate(labels) if c == k][:P] for k in range(10)]
     S = ds.image_size * SCALE
