@@ -11,7 +11,7 @@ the per-round ratios. The model is trained for one short epoch first so that its
 forward, CAM einsum, upsampling, the fused normalize/uint8 pass, each metric's update, compute, curves CSV
 and plot, overlay collection, grid rendering and PNG encoding), alternating, median over rounds.
 
-    python benchmarks/bench_validation.py [--rounds 5] [--breakdown] [overrides ...]
+    python benchmarks/bench_validation.py [--rounds 5] [--breakdown] [--torch-threads N] [overrides ...]
 """
 
 from __future__ import annotations
@@ -50,9 +50,6 @@ def breakdown(model, dm, cb, rounds: int) -> None:
     wm = cb._new_metrics("val")
     grid = wm.thresholds
     tmp = Path(tempfile.mkdtemp())
-
-    class FakeTrainer:  # what the overlay code reads from the trainer
-        datamodule, is_global_zero, current_epoch, loggers, global_step = dm, True, 0, [], 0
 
     def forward():
         for b in batches:
@@ -107,10 +104,13 @@ def breakdown(model, dm, cb, rounds: int) -> None:
         wm.curves()
 
     def overlays():
-        cb._overlays, cb._overlays_taken, cb._grid, out_dir = [], 0, None, cb.output_dir
+        cb._overlays, cb._grid, out_dir = [], None, cb.output_dir
         cb.output_dir = None  # collection only: the grid is timed below
-        inputs = cb._overlay_inputs(FakeTrainer, model, outs[0]["features"], outs[0]["logits"], batches[0], size)
-        cb._add_overlays(*inputs)
+        b, take = batches[0], cb.num_overlays
+        _, pred_maps, score, pred = cb._cam_maps(model, outs[0]["features"], outs[0]["logits"], b, size, take)
+        gt = [b["boxes"][i, : int(b["num_boxes"][i])].tolist() for i in range(take)]
+        meta = (dm.mean, dm.std, getattr(dm, "class_names", None), 0)
+        cb._add_overlays(b["image"][:take], pred_maps, gt, b["label"][:take], pred, score, b["index"][:take], meta)
         cb.output_dir = out_dir
 
     overlays()
@@ -159,8 +159,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--breakdown", action="store_true", help="also time each piece of the callback's work")
+    ap.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     with tempfile.TemporaryDirectory() as tmp, initialize_config_module("camlab.conf", version_base="1.3"):
         cfg = compose("train", overrides=args.overrides)
         cfg.paths.output_dir = tmp

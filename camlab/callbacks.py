@@ -143,34 +143,60 @@ class CAMLocalization(L.Callback):
                 f"CAMLocalization needs the {stage}_step to return {{'logits', 'features'}} from its forward pass; "
                 f"got {type(outputs).__name__}. Use camlab.models.CAMClassifier or return those keys."
             )
-        features, logits = outputs["features"].float(), outputs["logits"].float()
-        labels = batch["label"]
         size = tuple(batch["image"].shape[-2:])
-        with torch.no_grad():
-            maps = upsample(self._raw_cams(pl_module, features, labels), size)  # (B, H, W) raw maps
-            overlay = None
-            if stage == "val" and trainer.is_global_zero and self._overlays_taken < self.num_overlays:
-                overlay = self._overlay_inputs(trainer, pl_module, features, logits, batch, size)
-        work = (stage, pl_module.device, maps, logits, labels, batch.get("boxes"), batch.get("num_boxes"),
-                batch.get("mask"), batch["index"], overlay)
+        take = 0  # overlay samples from this batch
+        if stage == "val" and trainer.is_global_zero and self._overlays_taken < self.num_overlays:
+            take = min(self.num_overlays - self._overlays_taken, batch["label"].shape[0])
+            self._overlays_taken += take
+            dm = trainer.datamodule
+            meta = (getattr(dm, "mean", (0.0, 0.0, 0.0)), getattr(dm, "std", (1.0, 1.0, 1.0)),
+                    getattr(dm, "class_names", None), trainer.current_epoch)
+        keys = ("label", "boxes", "num_boxes", "mask", "index")
+        part = {k: batch[k] for k in keys if k in batch}
+        if take:
+            part["overlay_images"], part["overlay_meta"] = batch["image"][:take], meta
+        work = (stage, pl_module, outputs["features"], outputs["logits"], part, size, take)
+        if self.cam_method != "cam":  # gradient methods run autograd: on this thread, in Lightning's context
+            with torch.no_grad():
+                work = work + self._cam_maps(pl_module, outputs["features"], outputs["logits"], part, size, take)
         if self.background:
             self._worker.submit(self._update, *work)
         else:
             self._update(*work)
 
-    def _update(self, stage, device, maps, logits, labels, boxes, num_boxes, masks, index, overlay) -> None:
-        """Normalize the maps and update the metrics (and overlays): the worker's part of a batch."""
+    def _cam_maps(self, pl_module, features, logits, part, size, take) -> tuple:
+        """(B, H, W) raw upsampled maps of the GT classes, and those of the predicted classes of the first
+        ``take`` images with their softmax scores and classes (for the overlays)."""
+        features, logits = features.float(), logits.float()
+        maps = upsample(self._raw_cams(pl_module, features, part["label"]), size)
+        if not take:
+            return maps, None, None, None
+        score, pred = logits[:take].softmax(dim=1).max(dim=1)
+        return maps, upsample(self._raw_cams(pl_module, features[:take], pred), size), score, pred
+
+    def _update(self, stage, pl_module, features, logits, part, size, take, maps=None, pred_maps=None,
+                score=None, pred=None) -> None:
+        """One batch's CAMs, metric updates and overlays: on the worker thread when ``background=True``.
+
+        ``cam_method="cam"`` builds the maps here too (one einsum and the upsampling: the results do not depend
+        on the thread, each output element is computed on its own); other methods pass them in.
+        """
         from camlab.metrics import ScoreMaps
 
-        with torch.no_grad():
+        with torch.inference_mode():  # as Lightning's evaluation loop (thread-local, so set here too)
+            if maps is None:
+                maps, pred_maps, score, pred = self._cam_maps(pl_module, features, logits, part, size, take)
             # (B, H, W) maps normalized on the CPU in one pass that also makes their uint8 copies; bit-identical
             # to minmax_normalize (tests/test_metrics.py)
             cams_gt = ScoreMaps.normalize(maps)
-            self._stage_metrics(stage, device).update(
-                cams=cams_gt, logits=logits, labels=labels, boxes=boxes, num_boxes=num_boxes, masks=masks,
-                index=index)
-        if overlay is not None:
-            self._add_overlays(*overlay)
+            self._stage_metrics(stage, pl_module.device).update(
+                cams=cams_gt, logits=logits.float(), labels=part["label"], boxes=part.get("boxes"),
+                num_boxes=part.get("num_boxes"), masks=part.get("mask"), index=part["index"])
+            if take:
+                gt = ([part["boxes"][i, : int(part["num_boxes"][i])].tolist() for i in range(take)]
+                      if "boxes" in part else [[] for _ in range(take)])
+                self._add_overlays(part["overlay_images"], pred_maps, gt, part["label"][:take], pred, score,
+                                   part["index"][:take], part["overlay_meta"])
 
     def _raw_cams(self, pl_module: L.LightningModule, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         if self.cam_method == "cam":
@@ -211,21 +237,8 @@ class CAMLocalization(L.Callback):
         self._on_epoch_end("test", trainer, pl_module)
 
     # ---- overlays ------------------------------------------------------------------------------------
-    def _overlay_inputs(self, trainer, pl_module, features, logits, batch, size) -> tuple:
-        """The torch part of the overlays of this batch (main thread): predicted-class CAMs, upsampled."""
-        dm = trainer.datamodule
-        take = min(self.num_overlays - self._overlays_taken, logits.shape[0])
-        self._overlays_taken += take
-        score, pred = logits[:take].softmax(dim=1).max(dim=1)
-        cams = upsample(self._raw_cams(pl_module, features[:take], pred), size)  # raw: normalized on the worker
-        gt = ([batch["boxes"][i, : int(batch["num_boxes"][i])].tolist() for i in range(take)]
-              if "boxes" in batch else [[] for _ in range(take)])
-        meta = (getattr(dm, "mean", (0.0, 0.0, 0.0)), getattr(dm, "std", (1.0, 1.0, 1.0)),
-                getattr(dm, "class_names", None), trainer.current_epoch)
-        return (batch["image"][:take], cams, gt, batch["label"][:take], pred, score, batch["index"][:take], meta)
-
     def _add_overlays(self, images, cams, gt, labels, pred, score, index, meta) -> None:
-        """Overlay samples from :meth:`_overlay_inputs`; renders and saves the grid once it is complete."""
+        """Overlay samples (predicted-class maps, upsampled, raw); renders and saves the grid once complete."""
         from camlab.localization import boxes_at_threshold
         from camlab.metrics import ScoreMaps
 

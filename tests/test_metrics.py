@@ -324,6 +324,17 @@ def test_callback_background_worker_equals_main_thread(tmp_path):
         out[bg, n_overlays] = cb.last_results["val"], grid
     assert {"MaxBoxAccV2", "PxAP", "top1_loc"} <= set(out[True, 3][0])
     assert out[True, 3][0] == out[False, 3][0] == out[True, 50][0]  # exactly equal floats
+    # the same numbers straight from the model: CAM of the GT class, upsampled, min-max normalized
+    plain = WSOLMetrics(0.01, masks=True, topk=(1,), max_box_acc=False)
+    model.eval()
+    with torch.no_grad():
+        for b in dm.val_dataloader():
+            o = model(b["image"])
+            cams = normalize_cams(F.interpolate(model.cam(o["features"], b["label"])[:, None], b["image"].shape[-2:],
+                                                mode="bilinear", align_corners=False)[:, 0])
+            plain.update(cams, boxes=b["boxes"], num_boxes=b["num_boxes"], masks=b["mask"], logits=o["logits"],
+                         labels=b["label"], index=b["index"])
+    assert {k: float(v) for k, v in plain.compute().items()} == out[True, 3][0]
     assert np.array_equal(out[True, 3][1], out[False, 3][1])  # the same overlay grid, pixel for pixel
     assert out[True, 50][1].shape[0] > out[True, 3][1].shape[0]  # 40 tiles, not 3
 
