@@ -32,10 +32,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from camlab.data.datamodule import WSOLDataModule
-from camlab.data.synthetic import hflip_boxes, tight_box
+from camlab.data.synthetic import RenderedWSOLDataset, hflip_boxes, tight_box
 from camlab.utils import ConfigError
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -158,7 +157,7 @@ def load_split_items(root: str | os.PathLike, dataset: str, split: str, val_item
 
 
 # -------------------------------------------------------------------------------------------- dataset
-class MNISTCanvas(Dataset):
+class MNISTCanvas(RenderedWSOLDataset):
     """MNIST / Fashion-MNIST items on a cluttered canvas; exact boxes and masks, deterministic per index.
 
     Args:
@@ -275,27 +274,6 @@ class MNISTCanvas(Dataset):
         self.num_boxes = torch.from_numpy(num_boxes)  # N
         self.labels = item_labels[:length].clone()  # N int64
         self.items = torch.arange(length)  # N: sample i shows item i of the split
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        if not -self.length <= index < self.length:
-            raise IndexError(f"index {index} out of range for length {self.length}")
-        index = index % self.length
-        img, mask = self.images[index], (self.instances[index] > 0).to(torch.uint8)  # 3×S×S, S×S
-        boxes = self.boxes[index, : self.num_boxes[index]].clone()  # G×4
-        if self.hflip and torch.rand(()) < 0.5:  # torch RNG: seeded by seed_everything / per worker
-            img, mask = img.flip(-1), mask.flip(-1)
-            boxes = hflip_boxes(boxes, self.image_size)
-        image = (img.float().div_(255) - self._mean_t) / self._std_t
-        return {
-            "image": image,
-            "label": self.labels[index],
-            "boxes": boxes,
-            "mask": mask,
-            "index": torch.tensor(index, dtype=torch.long),
-        }
 
     def __repr__(self) -> str:
         return (

@@ -42,7 +42,38 @@ SPLITS = {"train": 0, "val": 1, "test": 2}
 _EXTENT = 1.1
 
 
-class SyntheticShapes(Dataset):
+class RenderedWSOLDataset(Dataset):
+    """A dataset rendered once into memory: uint8 images, instance masks, padded boxes, labels.
+
+    Subclasses fill ``images`` (N×3×S×S uint8), ``instances`` (N×S×S uint8: 0 background, g + 1 on object g),
+    ``boxes`` (N×G×4 float32, zero-padded), ``num_boxes`` (N), ``labels`` (N int64), ``length``,
+    ``image_size``, ``hflip`` and the normalization tensors ``_mean_t``/``_std_t`` (3×1×1); items follow the
+    batch contract of :func:`camlab.data.collate_wsol` (``image``, ``label``, ``boxes``, ``mask``, ``index``).
+    """
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not -self.length <= index < self.length:
+            raise IndexError(f"index {index} out of range for length {self.length}")
+        index = index % self.length
+        img, mask = self.images[index], (self.instances[index] > 0).to(torch.uint8)  # 3×S×S, S×S
+        boxes = self.boxes[index, : self.num_boxes[index]].clone()  # G×4
+        if self.hflip and torch.rand(()) < 0.5:  # torch RNG: seeded by seed_everything / per worker
+            img, mask = img.flip(-1), mask.flip(-1)
+            boxes = hflip_boxes(boxes, self.image_size)
+        image = (img.float().div_(255) - self._mean_t) / self._std_t
+        return {
+            "image": image,
+            "label": self.labels[index],
+            "boxes": boxes,
+            "mask": mask,
+            "index": torch.tensor(index, dtype=torch.long),
+        }
+
+
+class SyntheticShapes(RenderedWSOLDataset):
     """Procedural textured shapes on clutter, deterministic from ``(seed, split, index)``.
 
     Args:
@@ -137,27 +168,6 @@ class SyntheticShapes(Dataset):
         self.boxes = torch.from_numpy(boxes)  # N×max_objects×4 float32, zero-padded
         self.num_boxes = torch.from_numpy(num_boxes)  # N
         self.labels = torch.from_numpy(labels)  # N
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        if not -self.length <= index < self.length:
-            raise IndexError(f"index {index} out of range for length {self.length}")
-        index = index % self.length
-        img, mask = self.images[index], (self.instances[index] > 0).to(torch.uint8)  # 3×S×S, S×S
-        boxes = self.boxes[index, : self.num_boxes[index]].clone()  # G×4
-        if self.hflip and torch.rand(()) < 0.5:  # torch RNG: seeded by seed_everything / per worker
-            img, mask = img.flip(-1), mask.flip(-1)
-            boxes = hflip_boxes(boxes, self.image_size)
-        image = (img.float().div_(255) - self._mean_t) / self._std_t
-        return {
-            "image": image,
-            "label": self.labels[index],
-            "boxes": boxes,
-            "mask": mask,
-            "index": torch.tensor(index, dtype=torch.long),
-        }
 
     def __repr__(self) -> str:
         return (
