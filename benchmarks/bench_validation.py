@@ -7,6 +7,12 @@ MaxBoxAccV2 + PxAP + top-k loc every epoch, curves CSV/PNG and overlays; MaxBoxA
 The three are timed in every round, in rotating order, in one process; the reported figures are medians of
 the per-round ratios. The model is trained for one short epoch first so that its CAMs look like a real run's.
 
+On a loaded machine, run it with ``OMP_WAIT_POLICY=PASSIVE`` (or ``--torch-threads 1``). With libgomp's default
+active waiting, the first torch op on the worker thread gives the process more OpenMP threads than CPUs, and libgomp
+then throttles its spin-waiting: under contention that alone made the *whole* validation ~3x faster (a dummy worker
+running ``x.sum()`` did the same), so "background" would look faster than "plain". PASSIVE puts every variant in the
+same regime. The script prints a warning when this applies.
+
 ``--breakdown`` also times each piece of the callback's work on the same batches in isolation (model
 forward, CAM einsum, upsampling, the fused normalize/uint8 pass, each metric's update, compute, curves CSV
 and plot, overlay collection, grid rendering and PNG encoding), alternating, median over rounds.
@@ -200,7 +206,13 @@ def main() -> None:
             breakdown(model, dm, sync_cb, args.rounds)
     n = len(dm.val_dataloader().dataset)
     p = statistics.median(times["plain"])
-    print(f"\n{n} images, load average {os.getloadavg()[0]:.2f}, torch threads {torch.get_num_threads()}; "
+    policy = os.environ.get("OMP_WAIT_POLICY", "")
+    if policy.upper() != "PASSIVE" and torch.get_num_threads() > 1 and os.getloadavg()[0] > os.cpu_count():
+        print(f"\nWARNING: load {os.getloadavg()[0]:.1f} > {os.cpu_count()} CPUs with "
+              f"OMP_WAIT_POLICY={policy or 'unset'}: the background variant changes libgomp's spin policy for the whole process; compare with "
+              "OMP_WAIT_POLICY=PASSIVE (see the module docstring)")
+    print(f"\n{n} images, load average {os.getloadavg()[0]:.2f}, torch threads {torch.get_num_threads()}, "
+          f"OMP_WAIT_POLICY={policy or 'unset'}; "
           f"plain validation {p:.3f} s ({1000 * p / n:.3f} ms/img, median)")
     for k in ("background", "main thread"):
         ratios = [c / q for c, q in zip(times[k], times["plain"])]
