@@ -209,8 +209,8 @@ def main() -> None:
     policy = os.environ.get("OMP_WAIT_POLICY", "")
     if policy.upper() != "PASSIVE" and torch.get_num_threads() > 1 and os.getloadavg()[0] > os.cpu_count():
         print(f"\nWARNING: load {os.getloadavg()[0]:.1f} > {os.cpu_count()} CPUs with "
-              f"OMP_WAIT_POLICY={policy or 'unset'}: the background variant changes libgomp's spin policy for the whole process; compare with "
-              "OMP_WAIT_POLICY=PASSIVE (see the module docstring)")
+              f"OMP_WAIT_POLICY={policy or 'unset'}: the background variant changes libgomp's spin policy for the "
+              "whole process; compare with OMP_WAIT_POLICY=PASSIVE (see the module docstring)")
     print(f"\n{n} images, load average {os.getloadavg()[0]:.2f}, torch threads {torch.get_num_threads()}, "
           f"OMP_WAIT_POLICY={policy or 'unset'}; "
           f"plain validation {p:.3f} s ({1000 * p / n:.3f} ms/img, median)")
