@@ -110,14 +110,14 @@ def breakdown(model, dm, cb, rounds: int) -> None:
         wm.curves()
 
     def overlays():
-        cb._overlays, cb._grid, out_dir = [], None, cb.output_dir
-        cb.output_dir = None  # collection only: the grid is timed below
-        b, take = batches[0], cb.num_overlays
+        cb._overlays, cb._grid, out_dir, take = [], None, cb.output_dir, cb.num_overlays
+        cb.output_dir, cb.num_overlays = None, take + 1  # collection only: the grid is timed below
+        b = batches[0]
         _, pred_maps, score, pred = cb._cam_maps(model, outs[0]["features"], outs[0]["logits"], b, size, take)
         gt = [b["boxes"][i, : int(b["num_boxes"][i])].tolist() for i in range(take)]
         meta = (dm.mean, dm.std, getattr(dm, "class_names", None), 0)
         cb._add_overlays(b["image"][:take], pred_maps, gt, b["label"][:take], pred, score, b["index"][:take], meta)
-        cb.output_dir = out_dir
+        cb.output_dir, cb.num_overlays = out_dir, take
 
     overlays()
     samples = list(cb._overlays)
@@ -134,7 +134,7 @@ def breakdown(model, dm, cb, rounds: int) -> None:
         "top-k loc update": update("topk_loc"),
         "WSOLMetrics.update (all)": all_updates,
         "compute + curves": compute,
-        "overlay collection": overlays,
+        "overlay collection (+ batch CAMs)": overlays,
         "curves CSV": lambda: write_curves_csv(curves, tmp / "c.csv"),
         "curves PNG plot": lambda: plot_curves(curves, tmp / "c.png", title="val epoch 0"),
         "overlay grid render": lambda: render_grid(samples),
@@ -153,7 +153,7 @@ def breakdown(model, dm, cb, rounds: int) -> None:
           f"load {os.getloadavg()[0]:.2f}, torch threads {torch.get_num_threads()}:")
     for k, v in times.items():
         m = statistics.median(v)
-        print(f"  {k:28s} {m * 1e3:8.2f} ms/epoch {m / n * 1e3:8.4f} ms/img")
+        print(f"  {k:34s} {m * 1e3:8.2f} ms/epoch {m / n * 1e3:8.4f} ms/img")
 
 
 def main() -> None:
