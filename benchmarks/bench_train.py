@@ -183,10 +183,11 @@ def main() -> None:
                   f"overhead {100 * (ratios[-1] - 1):+.1f}% (steps {100 * (step_ratios[-1] - 1):+.1f}%)", flush=True)
     p, lt = statistics.median(plain_rates), statistics.median(pl_rates)
     bp, bl = max(plain_rates), max(pl_rates)
+    epoch_pct, step_pct = 100 * (statistics.median(ratios) - 1), 100 * (statistics.median(step_ratios) - 1)
     print(f"\nplain PyTorch {p:.0f} img/s  camlab/Lightning {lt:.0f} img/s (medians); median per-round overhead "
-          f"{100 * (statistics.median(ratios) - 1):+.1f}% (epoch time), {100 * (statistics.median(step_ratios) - 1):+.1f}%"
-          f" (median step)\nbest rounds (least disturbed by other processes): plain {bp:.0f} img/s, camlab/Lightning "
-          f"{bl:.0f} img/s, overhead {100 * (bp / bl - 1):+.1f}%; load average at end {os.getloadavg()[0]:.2f}")
+          f"{epoch_pct:+.1f}% (epoch time), {step_pct:+.1f}% (median step)\n"
+          f"best rounds (least disturbed by other processes): plain {bp:.0f} img/s, camlab/Lightning {bl:.0f} img/s, "
+          f"overhead {100 * (bp / bl - 1):+.1f}%; load average at end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
