@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from camlab.utils import (
     ConfigError,
     cleanup_distributed,
+    configure_process,
     describe_error,
     finish_experiment_trackers,
     install_ddp_child_command,
@@ -87,8 +88,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     model, trainer_ckpt, source = build_model(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    if cfg.trainer.get("accelerator") == "cpu":
-        torch.set_float32_matmul_precision("high")
+    configure_process(cfg)  # as camlab-train: glibc malloc tuning (tune_malloc), CPU matmul precision
     datamodule = instantiate(cfg.data, _convert_="partial")
     check_data(model, datamodule, cfg.data.get("image_size"))
     callbacks = instantiate_group(cfg.get("callbacks"))
