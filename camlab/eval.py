@@ -80,7 +80,6 @@ def _hw(size: Any) -> tuple[int, int]:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate and write ``metrics.json`` (+ ``per_image.csv``); returns the written summary."""
     import lightning.pytorch as L
-    import torch
     from hydra.utils import instantiate
 
     split = cfg.get("split", "test")
