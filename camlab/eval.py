@@ -19,13 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from camlab.utils import (
     ConfigError,
-    cleanup_distributed,
     configure_process,
-    describe_error,
-    finish_experiment_trackers,
-    install_ddp_child_command,
     instantiate_group,
-    quiet_duplicate_lightning_logs,
+    run_app,
 )
 
 log = logging.getLogger("camlab.eval")
@@ -135,21 +131,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="pkg://camlab.conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    quiet_duplicate_lightning_logs()
-    install_ddp_child_command("camlab.eval")
-    try:
-        evaluate(cfg)
-    except ConfigError as err:
-        raise SystemExit(f"camlab: error: {err}") from None
-    except Exception as err:  # noqa: BLE001
-        message = describe_error(err)
-        if message is None:
-            raise
-        raise SystemExit(f"camlab: error: {message}") from None
-    finally:
-        finish_experiment_trackers()
-        cleanup_distributed()
-
+    run_app("camlab.eval", evaluate, cfg)  # one-line errors for bad input, trackers finished
 
 if __name__ == "__main__":
     main()

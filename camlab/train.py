@@ -15,17 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from camlab.resume import last_checkpoint
 from camlab.utils import (
-    ConfigError,
-    cleanup_distributed,
     configure_process,
     configure_wandb,
-    describe_error,
-    finish_experiment_trackers,
-    install_ddp_child_command,
     instantiate_group,
     print_run_summary,
-    quiet_duplicate_lightning_logs,
     resolve_ckpt_path,
+    run_app,
 )
 
 log = logging.getLogger("camlab.train")
@@ -82,21 +77,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="pkg://camlab.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    quiet_duplicate_lightning_logs()
-    install_ddp_child_command("camlab.train")
-    try:
-        metrics = train(cfg)
-    except ConfigError as err:
-        # One readable line for bad input; no traceback from deep inside a library.
-        raise SystemExit(f"camlab: error: {err}") from None
-    except Exception as err:  # noqa: BLE001
-        message = describe_error(err)
-        if message is None:
-            raise
-        raise SystemExit(f"camlab: error: {message}") from None
-    finally:
-        finish_experiment_trackers()
-        cleanup_distributed()
+    metrics = run_app("camlab.train", train, cfg)  # one-line errors for bad input, trackers finished
     # The sweep objective (Optuna). A NaN (diverged run) is returned as NaN: Optuna records that trial as
     # failed and the search goes on.
     return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None

@@ -268,6 +268,29 @@ def cleanup_distributed() -> None:
             os.environ.pop(var, None)
 
 
+def run_app(module: str, fn: Any, cfg: DictConfig) -> Any:
+    """Run an entry point's body ``fn(cfg)`` as every camlab console script does; return its result.
+
+    DDP child processes re-run ``python -m <module>``; bad input (:class:`ConfigError`, or a library error
+    :func:`describe_error` recognises) ends the process with one ``camlab: error: ...`` line and no traceback;
+    W&B runs are finished and the process group destroyed however ``fn`` ends.
+    """
+    quiet_duplicate_lightning_logs()
+    install_ddp_child_command(module)
+    try:
+        return fn(cfg)
+    except ConfigError as err:
+        raise SystemExit(f"camlab: error: {err}") from None
+    except Exception as err:  # noqa: BLE001
+        message = describe_error(err)
+        if message is None:
+            raise
+        raise SystemExit(f"camlab: error: {message}") from None
+    finally:
+        finish_experiment_trackers()
+        cleanup_distributed()
+
+
 def quiet_duplicate_lightning_logs() -> None:
     """Lightning installs its own console handler at import; under Hydra's logging every line then shows twice."""
     import lightning.pytorch  # noqa: F401  (import first, so its handler exists and can be removed)
