@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
-import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -400,17 +399,10 @@ def plot_curves(curves: dict[str, list[float]], path: Path, title: str = "") -> 
     return path
 
 
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-
 def encode_png(rgb: np.ndarray, level: int = 1) -> bytes:
-    """(H, W, 3) uint8 -> PNG bytes: every row "Sub"-filtered (numpy), one zlib stream at ``level``.
+    """(H, W, 3) uint8 -> PNG bytes (PIL, zlib ``level`` 1: fast; the encoder releases the GIL on the worker).
 
-    About twice as fast as PIL's adaptive filtering at ``compress_level=1`` on the overlay grid, ~10 % larger;
-    zlib releases the GIL, so on the metric worker it overlaps the main thread.
-
-    >>> import io; from PIL import Image
+    >>> import io
     >>> a = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
     >>> bool((np.asarray(Image.open(io.BytesIO(encode_png(a)))) == a).all())
     True
@@ -418,12 +410,6 @@ def encode_png(rgb: np.ndarray, level: int = 1) -> bytes:
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"encode_png needs an (H, W, 3) uint8 array, got shape {rgb.shape}")
-    h, w, _ = rgb.shape
-    rows = rgb.reshape(h, 3 * w)
-    raw = np.empty((h, 3 * w + 1), np.uint8)
-    raw[:, 0] = 1  # filter type Sub: each byte minus the byte one pixel to its left (mod 256)
-    raw[:, 1:4] = rows[:, :3]
-    np.subtract(rows[:, 3:], rows[:, :-3], out=raw[:, 4:])
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
-            + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), level)) + _png_chunk(b"IEND", b""))
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=level)
+    return buffer.getvalue()
