@@ -843,13 +843,17 @@ def best_ious_largest_contour(scoremaps, gt_boxes, num_boxes=None, thresholds=No
     return _largest_contour_ious(*_prepare(scoremaps, gt_boxes, num_boxes, thresholds))
 
 
-def _largest_contour_ious(u8, gt, n_gt, levels, parallel: bool = False) -> np.ndarray:
+def _largest_contour_ious(u8, gt, n_gt, levels, parallel: bool = False, all_ious=None, counts=None) -> np.ndarray:
     B, H, W = u8.shape
     # Where the mask has at most one contour (one component, no hole), that contour is the largest and its
     # box is the all-contour kernel's: its IoU is the all-contour one. OpenCV only where there are several.
-    out = np.zeros(levels.shape, dtype=np.float64)
-    counts = np.empty(levels.shape, np.int64)
-    _all_contours_batch(u8, levels, gt, n_gt, out, parallel=parallel, counts=counts)
+    # ``all_ious`` / ``counts``: the all-contour kernel's output for these levels, when already computed.
+    if all_ious is None:
+        out = np.zeros(levels.shape, dtype=np.float64)
+        counts = np.empty(levels.shape, np.int64)
+        _all_contours_batch(u8, levels, gt, n_gt, out, parallel=parallel, counts=counts)
+    else:
+        out = np.array(all_ious, dtype=np.float64)
     several = counts >= 2
     for i in np.flatnonzero(several.any(axis=1)):
         img = u8[i]

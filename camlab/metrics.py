@@ -95,6 +95,89 @@ class ScoreMaps:
         return cls(cams, _normalize=True)
 
 
+class _SharedLevels:
+    """The all-contour kernel's output (best IoU and contour count per image and cut level) for one batch,
+    one GT box set and one threshold grid, cached on the batch's :class:`ScoreMaps`: MaxBoxAccV2, MaxBoxAcc and
+    top-k loc of one :meth:`WSOLMetrics.update` then share one kernel run, and MaxBoxAcc / top-k loc call OpenCV
+    only where a mask has several contours. The cache lives as long as the ScoreMaps (one batch)."""
+
+    def __init__(self, maps: ScoreMaps, gt, n_gt, thresholds: np.ndarray, parallel: bool) -> None:
+        self.maps, self.gt, self.n_gt, self.parallel = maps, gt, n_gt, parallel
+        self.levels = _cut_levels(maps.vmax, thresholds)
+        self.all_ious = np.zeros(self.levels.shape, dtype=np.float64)
+        self.counts = np.empty(self.levels.shape, np.int64)
+        _all_contours_batch(maps.u8, self.levels, gt, n_gt, self.all_ious, parallel=parallel, counts=self.counts)
+        self._largest = None
+
+    @staticmethod
+    def get(maps: ScoreMaps, boxes, num_boxes, thresholds: np.ndarray, parallel: bool = False) -> "_SharedLevels":
+        gt, n_gt = _prepare_gt(boxes, num_boxes, maps.shape[0])
+        cache = maps.__dict__.setdefault("_levels_cache", [])
+        for entry in cache:
+            if (np.array_equal(entry.thresholds, thresholds) and np.array_equal(entry.shared.gt, gt)
+                    and np.array_equal(entry.shared.n_gt, n_gt)):
+                return entry.shared
+        shared = _SharedLevels(maps, gt, n_gt, thresholds, parallel)
+        cache.append(_CacheEntry(np.array(thresholds, dtype=np.float64), shared))
+        return shared
+
+    def largest(self) -> np.ndarray:
+        """(B, T) best IoU of the largest-``contourArea`` contour (MaxBoxAcc), computed once."""
+        if self._largest is None:
+            self._largest = _largest_contour_ious(self.maps.u8, self.gt, self.n_gt, self.levels,
+                                                  all_ious=self.all_ious, counts=self.counts)
+        return self._largest
+
+    @staticmethod
+    def at_threshold(maps: ScoreMaps, boxes, num_boxes, threshold: float, multi_contour: bool) -> np.ndarray:
+        """(B,) best IoU at one CAM threshold: from a cached grid run of this batch where the image's cut level
+        ``int(threshold * max)`` is one of the grid's levels, from the kernel (and OpenCV) elsewhere."""
+        gt, n_gt = _prepare_gt(boxes, num_boxes, maps.shape[0])
+        level = _cut_levels(maps.vmax, [threshold])  # (B, 1)
+        B = level.shape[0]
+        iou = np.zeros(B, dtype=np.float64)
+        todo = np.ones(B, dtype=bool)
+        for entry in maps.__dict__.get("_levels_cache", []):
+            sh = entry.shared
+            if not (np.array_equal(sh.gt, gt) and np.array_equal(sh.n_gt, n_gt)):
+                continue
+            eq = sh.levels == level
+            rows = np.flatnonzero(eq.any(axis=1) & todo)
+            if rows.size == 0:
+                continue
+            col = eq[rows].argmax(axis=1)
+            if multi_contour:
+                iou[rows] = sh.all_ious[rows, col]
+            elif sh._largest is not None:
+                iou[rows] = sh._largest[rows, col]
+            else:
+                one = sh.counts[rows, col] <= 1  # a single contour is the largest one
+                iou[rows[one]] = sh.all_ious[rows[one], col[one]]
+                many = rows[~one]
+                if many.size:
+                    iou[many] = _largest_contour_ious(maps.u8[many], gt[many], n_gt[many], level[many],
+                                                      all_ious=sh.all_ious[many, col[~one]][:, None],
+                                                      counts=sh.counts[many, col[~one]][:, None])[:, 0]
+            todo[rows] = False
+        rest = np.flatnonzero(todo)
+        if rest.size:
+            u8, g, n, lv = maps.u8[rest], gt[rest], n_gt[rest], level[rest]
+            if multi_contour:
+                out = np.zeros(lv.shape, dtype=np.float64)
+                _all_contours_batch(u8, lv, g, n, out)
+                iou[rest] = out[:, 0]
+            else:
+                iou[rest] = _largest_contour_ious(u8, g, n, lv)[:, 0]
+        return iou
+
+
+class _CacheEntry:
+    __slots__ = ("thresholds", "shared")
+
+    def __init__(self, thresholds: np.ndarray, shared: _SharedLevels) -> None:
+        self.thresholds, self.shared = thresholds, shared
+
+
 def _check_maps(cams) -> ScoreMaps:
     return cams if isinstance(cams, ScoreMaps) else ScoreMaps(cams)
 
@@ -173,13 +256,11 @@ class BoxAccuracy(_RowMetric):
         """cams (B, H, W) in [0, 1]; boxes (B, G, 4) xyxy padded; num_boxes (B,); index (B,)."""
         maps = _check_maps(cams)
         index = _check_index(index, maps.shape[0])
-        gt, n_gt = _prepare_gt(boxes, num_boxes, maps.shape[0])
-        levels = _cut_levels(maps.vmax, self.thresholds)
+        shared = _SharedLevels.get(maps, boxes, num_boxes, self.thresholds, self.parallel)
         if self.multi_contour:
-            ious = np.zeros(levels.shape, dtype=np.float64)
-            _all_contours_batch(maps.u8, levels, gt, n_gt, ious, parallel=self.parallel)
+            ious = shared.all_ious
         else:
-            ious = _largest_contour_ious(maps.u8, gt, n_gt, levels, parallel=self.parallel)
+            ious = shared.largest()
         self.index.append(index.to(self.device))
         self.ious.append(torch.from_numpy(ious).to(self.device))
 
@@ -315,14 +396,7 @@ class TopKLocalization(_RowMetric):
         index = _check_index(index, maps.shape[0])
         if logits.ndim != 2 or logits.shape[0] != maps.shape[0] or labels.reshape(-1).shape[0] != maps.shape[0]:
             raise ValueError("logits must be (B, C) and labels (B,) for the batch of cams")
-        gt, n_gt = _prepare_gt(boxes, num_boxes, maps.shape[0])
-        levels = _cut_levels(maps.vmax, [self.cam_threshold])
-        if self.multi_contour:
-            iou = np.zeros(levels.shape, dtype=np.float64)
-            _all_contours_batch(maps.u8, levels, gt, n_gt, iou)
-            iou = iou[:, 0]
-        else:
-            iou = _largest_contour_ious(maps.u8, gt, n_gt, levels)[:, 0]
+        iou = _SharedLevels.at_threshold(maps, boxes, num_boxes, self.cam_threshold, self.multi_contour)
         logits = logits.detach().float().cpu()
         labels = labels.detach().reshape(-1).long().cpu()
         kmax = min(max(self.topk), logits.shape[1])

@@ -329,9 +329,10 @@ def print_run_summary(cfg: DictConfig, trainer: Any, metrics: dict[str, float]) 
         if last.exists():
             lines.append(f"last checkpoint   {last}")
     lines += _logger_dirs(trainer)
-    cams = out / "cams" / "overlay_latest.png"
-    if cams.exists():
-        lines.append(f"CAM overlays      {cams}")
+    for cams in (out / "cams" / "overlay_latest.jpg", out / "cams" / "overlay_latest.png"):
+        if cams.exists():
+            lines.append(f"CAM overlays      {cams}")
+            break
     keys = ["val/acc", "val/loc/gt_known_loc", "val/loc/top1_loc", "val/loc/MaxBoxAccV2", "val/loc/PxAP",
             "test/acc", "test/loc/gt_known_loc", "test/loc/MaxBoxAccV2", "test/loc/PxAP"]
     shown = [f"{k}={metrics[k]:.4g}" for k in keys if k in metrics]

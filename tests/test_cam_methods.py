@@ -162,6 +162,8 @@ def test_bad_input_is_one_readable_error(gap_model):
         compute_cams(gap_model, a, torch.tensor([0]), "grad_cam")
     with pytest.raises(ValueError, match="Unknown CAM method 'nope'"):
         CAMLocalization(cam_method="nope")
+    with pytest.raises(ValueError, match="overlay_format must be 'jpg' or 'png', got 'gif'"):
+        CAMLocalization(overlay_format="gif")
     with pytest.raises(TypeError, match="CAM needs a linear classifier head.*Use a gradient method"):
         compute_cams(MLPHeadModel(), torch.rand(1, 4, 4, 3), torch.tensor([0]), "cam")
 
@@ -203,4 +205,4 @@ def test_callback_fast_dev_run_with_gradcam_on_gmp(tmp_path):
     logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/loc/")}
     for key in ("val/loc/gt_known_loc", "val/loc/top1_loc", "val/loc/MaxBoxAccV2", "val/loc/PxAP"):
         assert 0.0 <= logged[key] <= 100.0
-    assert (tmp_path / "overlay_latest.png").is_file()
+    assert (tmp_path / "overlay_latest.jpg").is_file()

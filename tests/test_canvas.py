@@ -256,7 +256,7 @@ def test_fashion_canvas_experiment_fast_dev_run_with_cam_metrics(root, tmp_path)
     metrics = train(cfg)
     for key in ("val/acc", "val/loc/gt_known_loc", "val/loc/MaxBoxAccV2", "val/loc/PxAP", "test/loc/MaxBoxAccV2"):
         assert key in metrics and np.isfinite(metrics[key]), key
-    assert (tmp_path / "run" / "cams" / "overlay_latest.png").is_file()
+    assert (tmp_path / "run" / "cams" / "overlay_latest.jpg").is_file()
 
     missing = composed(["experiment=fashion_canvas", f"data.root={tmp_path / 'absent'}", "debug=fast"], tmp_path / "r2")
     with pytest.raises(DataFilesNotFound, match="absent' does not exist"):

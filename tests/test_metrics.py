@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _wsol_reference import ref_best_ious, ref_max_box_acc, ref_pxap
+from _wsol_reference import ref_best_ious, ref_max_box_acc, ref_num_contours, ref_pxap
 from camlab.localization import normalize_cams, threshold_grid
 from camlab.metrics import BoxAccuracy, PxAP, TopKLocalization, UpdateWorker, WSOLMetrics
 
@@ -112,6 +112,38 @@ def test_topk_localization_matches_plain_reference():
     assert out["top5_loc"].item() == pytest.approx(loc5 * 100 / n, abs=1e-9)
     assert out["top1_cls"].item() == pytest.approx(cls1 * 100 / n, abs=1e-9)
     assert out["top5_cls"].item() == pytest.approx(cls5 * 100 / n, abs=1e-9)
+
+
+@pytest.mark.parametrize("grid,loc_threshold", [(None, 0.2), (None, 0.205), (0.1, 0.35), ([0.3, 0.6], 0.2)])
+@pytest.mark.parametrize("max_box_acc", [False, True])
+@pytest.mark.parametrize("loc_multi_contour", [False, True])
+def test_wsol_metrics_shared_kernel_run_equals_the_reference(grid, loc_threshold, max_box_acc, loc_multi_contour):
+    # WSOLMetrics runs the all-contour kernel once per batch and reuses it for MaxBoxAcc and top-k loc (where the
+    # image's cut level for loc_threshold is a grid level; elsewhere its own run): every stored per-image IoU
+    # must still equal the plain per-threshold OpenCV reference
+    data = make_dataset(n=23, seed=5)
+    # maxima below 1 on most maps: int(t * max) then sometimes hits a grid level for an off-grid t, sometimes not
+    data["cams"] = data["cams"] * torch.linspace(0.3, 1.0, 23)[:, None, None]
+    wm = WSOLMetrics(grid, max_box_acc=max_box_acc, topk=(1,), loc_cam_threshold=loc_threshold,
+                     loc_multi_contour=loc_multi_contour)
+    for b in batches(data, 8):
+        wm.update(b["cams"], boxes=b["boxes"], num_boxes=b["num_boxes"], logits=b["logits"], labels=b["labels"],
+                  index=b["index"])
+    loc_iou = torch.cat(wm.topk_loc.loc_iou).numpy()
+    v2 = torch.cat(wm.box_v2.ious).numpy()
+    several = 0
+    for i in range(23):
+        cam = data["cams"][i].numpy()
+        want = ref_best_ious(cam, gts(data, i), [loc_threshold], multi_contour=loc_multi_contour)[0]
+        assert loc_iou[i] == pytest.approx(want, abs=1e-12), i
+        assert np.allclose(v2[i], ref_best_ious(cam, gts(data, i), wm.thresholds, multi_contour=True), atol=1e-12)
+        several += ref_num_contours(cam, loc_threshold) >= 2
+    assert several >= 3  # the OpenCV fallback for several contours is exercised
+    if max_box_acc:
+        v1 = torch.cat(wm.box_v1.ious).numpy()
+        for i in range(23):
+            want = ref_best_ious(data["cams"][i].numpy(), gts(data, i), wm.thresholds, multi_contour=False)
+            assert np.allclose(v1[i], want, atol=1e-12), i
 
 
 def test_iou_exactly_half_counts_as_correct():
@@ -313,13 +345,15 @@ def test_callback_background_worker_equals_main_thread(tmp_path):
 
     dm, model = _tiny_validation_setup()
     out = {}
-    for bg, n_overlays in ((True, 3), (False, 3), (True, 50)):  # 50 > 40 images: grid drawn at the epoch end
+    # 50 > 40 images: the grid is drawn at the epoch end
+    for bg, n_overlays, fmt in ((True, 3, "png"), (False, 3, "png"), (True, 50, "jpg"), (False, 50, "png")):
         d = tmp_path / f"{bg}_{n_overlays}"
-        cb = CAMLocalization(num_overlays=n_overlays, output_dir=str(d), background=bg, topk=(1,))
+        cb = CAMLocalization(num_overlays=n_overlays, output_dir=str(d), background=bg, topk=(1,), overlay_format=fmt)
         _validate(model, dm, cb)
         assert cb._worker._thread is None  # stopped at teardown
-        grid = np.asarray(Image.open(d / "overlay_epoch000.png"))
-        assert np.array_equal(grid, np.asarray(Image.open(d / "overlay_latest.png")))
+        assert sorted(p.name for p in d.glob("overlay_*")) == [f"overlay_epoch000.{fmt}", f"overlay_latest.{fmt}"]
+        grid = np.asarray(Image.open(d / f"overlay_epoch000.{fmt}"))
+        assert (d / f"overlay_epoch000.{fmt}").read_bytes() == (d / f"overlay_latest.{fmt}").read_bytes()
         assert (d / "curves_val_epoch000.csv").is_file() and Image.open(d / "curves_val.png").size == (720, 280)
         out[bg, n_overlays] = cb.last_results["val"], grid
     assert {"MaxBoxAccV2", "PxAP", "top1_loc"} <= set(out[True, 3][0])
@@ -337,6 +371,8 @@ def test_callback_background_worker_equals_main_thread(tmp_path):
     assert {k: float(v) for k, v in plain.compute().items()} == out[True, 3][0]
     assert np.array_equal(out[True, 3][1], out[False, 3][1])  # the same overlay grid, pixel for pixel
     assert out[True, 50][1].shape[0] > out[True, 3][1].shape[0]  # 40 tiles, not 3
+    jpg, png = out[True, 50][1].astype(int), out[False, 50][1].astype(int)  # JPEG: lossy, close to the PNG
+    assert jpg.shape == png.shape and np.abs(jpg - png).mean() < 3
 
 
 def test_callback_worker_error_fails_the_validation(tmp_path):

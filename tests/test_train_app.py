@@ -57,11 +57,11 @@ def test_short_training_writes_metrics_checkpoints_and_overlays(tmp_path):
         assert key in header, (key, header)
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list((run_dir / "checkpoints").glob("best-*.ckpt"))
-    assert (run_dir / "cams" / "overlay_latest.png").is_file()
-    assert (run_dir / "cams" / "overlay_epoch001.png").is_file()
+    assert (run_dir / "cams" / "overlay_latest.jpg").is_file()
+    assert (run_dir / "cams" / "overlay_epoch001.jpg").is_file()
     assert list((run_dir / "cams").glob("curves_val_epoch*.csv"))
     assert (run_dir / "cams" / "curves_val.png").is_file()
-    for word in ["best checkpoint", "metrics.csv", "overlay_latest.png"]:
+    for word in ["best checkpoint", "metrics.csv", "overlay_latest.jpg"]:
         assert word in res.stdout, res.stdout[-2000:]
 
 
