@@ -96,17 +96,21 @@ class ScoreMaps:
 
 
 class _SharedLevels:
-    """The all-contour kernel's output (best IoU and contour count per image and cut level) for one batch,
+    """The all-contour kernel's output (best IoU and count of the contours, and of the components alone, per image
+    and cut level) for one batch,
     one GT box set and one threshold grid, cached on the batch's :class:`ScoreMaps`: MaxBoxAccV2, MaxBoxAcc and
     top-k loc of one :meth:`WSOLMetrics.update` then share one kernel run, and MaxBoxAcc / top-k loc call OpenCV
-    only where a mask has several contours. The cache lives as long as the ScoreMaps (one batch)."""
+    only where a mask has several components. The cache lives as long as the ScoreMaps (one batch)."""
 
     def __init__(self, maps: ScoreMaps, gt, n_gt, thresholds: np.ndarray, parallel: bool) -> None:
         self.maps, self.gt, self.n_gt, self.parallel = maps, gt, n_gt, parallel
         self.levels = _cut_levels(maps.vmax, thresholds)
         self.all_ious = np.zeros(self.levels.shape, dtype=np.float64)
-        self.counts = np.empty(self.levels.shape, np.int64)
-        _all_contours_batch(maps.u8, self.levels, gt, n_gt, self.all_ious, parallel=parallel, counts=self.counts)
+        self.counts = np.empty(self.levels.shape, np.int64)  # contours: components + holes
+        self.comp_ious = np.zeros(self.levels.shape, dtype=np.float64)  # over the components' boxes alone
+        self.comp_counts = np.empty(self.levels.shape, np.int64)
+        _all_contours_batch(maps.u8, self.levels, gt, n_gt, self.all_ious, parallel=parallel, counts=self.counts,
+                            comp_out=self.comp_ious, comp_counts=self.comp_counts)
         self._largest = None
 
     @staticmethod
@@ -125,7 +129,7 @@ class _SharedLevels:
         """(B, T) best IoU of the largest-``contourArea`` contour (MaxBoxAcc), computed once."""
         if self._largest is None:
             self._largest = _largest_contour_ious(self.maps.u8, self.gt, self.n_gt, self.levels,
-                                                  all_ious=self.all_ious, counts=self.counts)
+                                                  comp_ious=self.comp_ious, comp_counts=self.comp_counts)
         return self._largest
 
     @staticmethod
@@ -150,14 +154,10 @@ class _SharedLevels:
                 iou[rows] = sh.all_ious[rows, col]
             elif sh._largest is not None:
                 iou[rows] = sh._largest[rows, col]
-            else:
-                one = sh.counts[rows, col] <= 1  # a single contour is the largest one
-                iou[rows[one]] = sh.all_ious[rows[one], col[one]]
-                many = rows[~one]
-                if many.size:
-                    iou[many] = _largest_contour_ious(maps.u8[many], gt[many], n_gt[many], level[many],
-                                                      all_ious=sh.all_ious[many, col[~one]][:, None],
-                                                      counts=sh.counts[many, col[~one]][:, None])[:, 0]
+            else:  # one component: its outer border is the largest contour; OpenCV only for several
+                iou[rows] = _largest_contour_ious(maps.u8[rows], gt[rows], n_gt[rows], level[rows],
+                                                  comp_ious=sh.comp_ious[rows, col][:, None],
+                                                  comp_counts=sh.comp_counts[rows, col][:, None])[:, 0]
             todo[rows] = False
         rest = np.flatnonzero(todo)
         if rest.size:

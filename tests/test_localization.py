@@ -1,11 +1,12 @@
 """camlab.localization: hand-worked examples and random maps against a plain per-threshold reference."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from _wsol_reference import ref_best_ious, ref_num_contours, ref_pxap
+from _wsol_reference import ref_best_ious, ref_gt, ref_iou, ref_num_contours, ref_pxap
 from camlab.localization import (
     _all_contours_batch,
     _cut_levels,
@@ -251,6 +252,27 @@ def _random_boxes(rng, H, W):
 KINDS = ["smooth", "blobs+noise", "ring", "noise", "ties", "dim", "multi-blob", "border-rings"]
 
 
+def _check_kernel_counts(m, gt):
+    """The kernel's per-level side outputs against OpenCV: the number of tree-mode contours (components plus
+    holes), the number of 8-connected components (``cv2.connectedComponentsWithStats``) and the best IoU over
+    the components' boxes alone. MaxBoxAcc and top-k loc skip OpenCV where there is one component."""
+    u8, vmax = _scoremaps_u8(m[None], check=True)
+    levels = _cut_levels(vmax, GRID)
+    counts = np.full(levels.shape, -1, np.int64)
+    comp_counts = np.full(levels.shape, -1, np.int64)
+    comp_out = np.full(levels.shape, -1.0)
+    _all_contours_batch(u8, levels, *_prepare_gt(gt[None], None, 1), np.zeros(levels.shape), counts=counts,
+                        comp_out=comp_out, comp_counts=comp_counts)
+    assert counts[0].tolist() == [ref_num_contours(m, t) for t in GRID]
+    H, W = m.shape
+    for k, level in enumerate(levels[0]):
+        n, _, stats, _ = cv2.connectedComponentsWithStats((u8[0] > level).astype(np.uint8), connectivity=8)
+        boxes = [[x, y, min(x + w, W - 1), min(y + h, H - 1)] for x, y, w, h, _ in stats[1:].tolist()]
+        assert comp_counts[0, k] == n - 1
+        want = max(ref_iou(b, g) for b in (boxes or [[0, 0, 0, 0]]) for g in ref_gt(gt))
+        assert comp_out[0, k] == pytest.approx(want, abs=1e-12)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_random_maps_match_reference(kind):
     rng = np.random.default_rng(KINDS.index(kind))
@@ -261,12 +283,7 @@ def test_random_maps_match_reference(kind):
         v2, v1 = both(m, gt)
         np.testing.assert_array_equal(v2, ref_best_ious(m, gt, GRID, multi_contour=True))
         np.testing.assert_array_equal(v1, ref_best_ious(m, gt, GRID, multi_contour=False))
-        # the kernel's contour counts (MaxBoxAcc and top-k loc skip OpenCV where there is at most one)
-        u8, vmax = _scoremaps_u8(m[None], check=True)
-        levels = _cut_levels(vmax, GRID)
-        counts = np.full(levels.shape, -1, np.int64)
-        _all_contours_batch(u8, levels, *_prepare_gt(gt[None], None, 1), np.zeros(levels.shape), counts=counts)
-        assert counts[0].tolist() == [ref_num_contours(m, t) for t in GRID]
+        _check_kernel_counts(m, gt)
 
 
 def test_batched_padded_boxes_at_224_match_reference():
@@ -381,12 +398,7 @@ def test_thin_maps_match_reference(shape):
         v2, v1 = both(m, gt)
         np.testing.assert_array_equal(v2, ref_best_ious(m, gt, GRID, multi_contour=True))
         np.testing.assert_array_equal(v1, ref_best_ious(m, gt, GRID, multi_contour=False))
-        # the kernel's contour counts (MaxBoxAcc and top-k loc skip OpenCV where there is at most one)
-        u8, vmax = _scoremaps_u8(m[None], check=True)
-        levels = _cut_levels(vmax, GRID)
-        counts = np.full(levels.shape, -1, np.int64)
-        _all_contours_batch(u8, levels, *_prepare_gt(gt[None], None, 1), np.zeros(levels.shape), counts=counts)
-        assert counts[0].tolist() == [ref_num_contours(m, t) for t in GRID]
+        _check_kernel_counts(m, gt)
 
 
 def test_empty_batch():
