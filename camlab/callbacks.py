@@ -39,9 +39,9 @@ class CAMLocalization(L.Callback):
     go to ``output_dir/curves_<stage>_epoch<NNN>.csv`` and a PNG plot.
 
     ``max_box_acc`` names the stages that also compute MaxBoxAcc (largest contour, IoU 50). Its box needs the
-    polygon area of the contours at every threshold level where the mask has several (OpenCV there, ~1-1.5 ms
-    per 64 px image), so by default it runs on the test split only; MaxBoxAccV2, PxAP and top-k loc run every
-    validation epoch.
+    polygon area of the contours at every threshold level where the mask has several components (OpenCV there,
+    ~0.6 ms per 64 px image), so by default it runs on the test split only; MaxBoxAccV2, PxAP and top-k loc run
+    every validation epoch.
 
     ``cam_method`` picks how the maps are built from those features (:data:`camlab.cam_methods.METHODS`):
     ``"cam"`` (the linear head's CAM), ``"gradcam"``, ``"gradcam_pp"``, ``"xgradcam"``, ``"layercam"``; the
