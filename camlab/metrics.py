@@ -97,13 +97,13 @@ class ScoreMaps:
 
 class _SharedLevels:
     """The all-contour kernel's output (best IoU and count of the contours, and of the components alone, per image
-    and cut level) for one batch,
-    one GT box set and one threshold grid, cached on the batch's :class:`ScoreMaps`: MaxBoxAccV2, MaxBoxAcc and
+    and cut level) for one batch, one GT box set and one threshold grid, cached on the batch's :class:`ScoreMaps`: MaxBoxAccV2, MaxBoxAcc and
     top-k loc of one :meth:`WSOLMetrics.update` then share one kernel run, and MaxBoxAcc / top-k loc call OpenCV
     only where a mask has several components. The cache lives as long as the ScoreMaps (one batch)."""
 
     def __init__(self, maps: ScoreMaps, gt, n_gt, thresholds: np.ndarray, parallel: bool) -> None:
         self.maps, self.gt, self.n_gt, self.parallel = maps, gt, n_gt, parallel
+        self.thresholds = np.array(thresholds, dtype=np.float64)
         self.levels = _cut_levels(maps.vmax, thresholds)
         self.all_ious = np.zeros(self.levels.shape, dtype=np.float64)
         self.counts = np.empty(self.levels.shape, np.int64)  # contours: components + holes
@@ -117,12 +117,12 @@ class _SharedLevels:
     def get(maps: ScoreMaps, boxes, num_boxes, thresholds: np.ndarray, parallel: bool = False) -> "_SharedLevels":
         gt, n_gt = _prepare_gt(boxes, num_boxes, maps.shape[0])
         cache = maps.__dict__.setdefault("_levels_cache", [])
-        for entry in cache:
-            if (np.array_equal(entry.thresholds, thresholds) and np.array_equal(entry.shared.gt, gt)
-                    and np.array_equal(entry.shared.n_gt, n_gt)):
-                return entry.shared
+        for shared in cache:
+            if (np.array_equal(shared.thresholds, thresholds) and np.array_equal(shared.gt, gt)
+                    and np.array_equal(shared.n_gt, n_gt)):
+                return shared
         shared = _SharedLevels(maps, gt, n_gt, thresholds, parallel)
-        cache.append(_CacheEntry(np.array(thresholds, dtype=np.float64), shared))
+        cache.append(shared)
         return shared
 
     def largest(self) -> np.ndarray:
@@ -141,8 +141,7 @@ class _SharedLevels:
         B = level.shape[0]
         iou = np.zeros(B, dtype=np.float64)
         todo = np.ones(B, dtype=bool)
-        for entry in maps.__dict__.get("_levels_cache", []):
-            sh = entry.shared
+        for sh in maps.__dict__.get("_levels_cache", []):
             if not (np.array_equal(sh.gt, gt) and np.array_equal(sh.n_gt, n_gt)):
                 continue
             eq = sh.levels == level
@@ -169,13 +168,6 @@ class _SharedLevels:
             else:
                 iou[rest] = _largest_contour_ious(u8, g, n, lv)[:, 0]
         return iou
-
-
-class _CacheEntry:
-    __slots__ = ("thresholds", "shared")
-
-    def __init__(self, thresholds: np.ndarray, shared: _SharedLevels) -> None:
-        self.thresholds, self.shared = thresholds, shared
 
 
 def _check_maps(cams) -> ScoreMaps:
