@@ -46,9 +46,11 @@ def breakdown(model, dm, cb, rounds: int) -> None:
     from camlab.viz import render_grid
 
     model.eval()
-    batches = list(dm.val_dataloader())
+    dev = next(model.parameters()).device
+    batches = [{k: (v.to(dev) if k in ("image", "label") else v) for k, v in b.items()} for b in dm.val_dataloader()]
     n = sum(b["label"].shape[0] for b in batches)
     size = tuple(batches[0]["image"].shape[-2:])
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     with torch.no_grad():
         outs = [model(b["image"]) for b in batches]
         raw = [model.cam(o["features"], b["label"]) for o, b in zip(outs, batches)]
@@ -61,14 +63,17 @@ def breakdown(model, dm, cb, rounds: int) -> None:
     def forward():
         for b in batches:
             model(b["image"])
+        sync()
 
     def cam():
         for o, b in zip(outs, batches):
             model.cam(o["features"], b["label"])
+        sync()
 
     def up():
         for r in raw:
             upsample(r, size)
+        sync()
 
     def normalize():
         for u in ups:
@@ -170,6 +175,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--breakdown", action="store_true", help="also time each piece of the callback's work")
     ap.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--accelerator", default="cpu", help="cpu (default) or gpu: where the forward pass runs")
+    ap.add_argument("--precision", default="32", help="Lightning precision, e.g. 32, 16-mixed, bf16-mixed")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     if args.torch_threads:
@@ -181,14 +188,15 @@ def main() -> None:
         torch.manual_seed(0)
         dm = instantiate(cfg.data, _convert_="partial")
         model = instantiate(cfg.model, _convert_="partial")
-        L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=20, limit_val_batches=0, logger=False,
+        hw = dict(accelerator=args.accelerator, devices=1, precision=args.precision)
+        L.Trainer(**hw, max_epochs=1, limit_train_batches=20, limit_val_batches=0, logger=False,
                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False).fit(model, dm)
         cam_cb = next(c for c in instantiate_group(cfg.callbacks) if isinstance(c, CAMLocalization))
         sync_cb = next(c for c in instantiate_group(cfg.callbacks) if isinstance(c, CAMLocalization))
         sync_cb.background = False
 
         def validate(cb) -> float:
-            trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[cb] if cb else [],
+            trainer = L.Trainer(**hw, logger=False, callbacks=[cb] if cb else [],
                                 enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
             start = time.perf_counter()
             trainer.validate(model, datamodule=dm, verbose=False)
@@ -215,7 +223,7 @@ def main() -> None:
         print(f"\nWARNING: load {os.getloadavg()[0]:.1f} > {os.cpu_count()} CPUs with "
               f"OMP_WAIT_POLICY={policy or 'unset'}: the background variant changes libgomp's spin policy for the "
               "whole process; compare with OMP_WAIT_POLICY=PASSIVE (see the module docstring)")
-    print(f"\n{n} images, load average {os.getloadavg()[0]:.2f}, torch threads {torch.get_num_threads()}, "
+    print(f"\n{n} images on {args.accelerator} (precision {args.precision}), load average {os.getloadavg()[0]:.2f}, torch threads {torch.get_num_threads()}, "
           f"OMP_WAIT_POLICY={policy or 'unset'}; "
           f"plain validation {p:.3f} s ({1000 * p / n:.3f} ms/img, median)")
     for k in ("background", "main thread"):

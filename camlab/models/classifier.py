@@ -10,6 +10,7 @@ import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.classification import MulticlassAccuracy
 
 from camlab.cam import class_activation_maps
@@ -155,6 +156,8 @@ class CAMClassifier(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self._build_scheduler(optimizer)
+        if scheduler is None:
+            return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _build_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
@@ -171,4 +174,38 @@ class CAMClassifier(L.LightningModule):
         if "max_lr" in params:
             # One peak per param group, so the head keeps its multiplier under OneCycleLR.
             extra["max_lr"] = [g["lr"] for g in optimizer.param_groups]
+        if "pct_start" in params and "total_steps" in extra:
+            pct = _one_cycle_pct_start(given, params, steps)
+            if pct is None:
+                rank_zero_warn(f"{target.__name__}: a run of {steps} optimizer step(s) is too short for a one-cycle "
+                               "schedule; training at the optimizer's constant lr instead")
+                return None
+            if pct != given.get("pct_start", params["pct_start"].default):
+                rank_zero_warn(f"{target.__name__}: {steps} optimizer steps leave no warm-up step at pct_start="
+                               f"{given.get('pct_start', params['pct_start'].default)}; using pct_start={pct:.3g}")
+                extra["pct_start"] = pct
         return factory(optimizer, **extra)
+
+
+def _one_cycle_pct_start(given: dict, params, steps: int) -> float | None:
+    """``pct_start`` that gives a one-cycle schedule of ``steps`` steps a warm-up of at least one step.
+
+    torch's OneCycleLR ends its warm-up at step ``pct_start * total_steps - 1`` and divides by that phase's length,
+    so a short run (``pct_start=0.2`` with 5 steps, e.g. ``debug=limit trainer.max_epochs=1``) fails with
+    ZeroDivisionError in its constructor. The warm-up then ends half-way through step 1 (``pct_start = 1.5 /
+    steps``); None where no one-cycle schedule fits (1 step, or 2 with ``three_phase``).
+
+    Example:
+        >>> import inspect, torch
+        >>> p = inspect.signature(torch.optim.lr_scheduler.OneCycleLR).parameters
+        >>> [_one_cycle_pct_start({"pct_start": 0.2}, p, n) for n in (1, 2, 5, 6, 100)]
+        [None, 0.75, 0.3, 0.2, 0.2]
+    """
+    pct = float(given.get("pct_start", params["pct_start"].default))
+    three = bool(given.get("three_phase", params["three_phase"].default if "three_phase" in params else False))
+    if pct * steps - 1 > 0 and (not three or 2 * pct * steps - 2 < steps - 1):
+        return pct
+    pct = 1.5 / steps
+    if pct >= 1 or (three and 2 * pct * steps - 2 >= steps - 1):
+        return None
+    return pct
