@@ -6,6 +6,7 @@ import csv
 import io
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,11 @@ class CAMLocalization(L.Callback):
     kernels and OpenCV release the GIL. The worker is joined before ``compute()``; results are identical
     to ``background=False`` (the same calls in the same order), and an exception raised on the worker is
     re-raised on the main thread at the next batch or at the epoch end.
+
+    ``parallel`` runs the MaxBoxAccV2 and PxAP kernels over the images of a batch on numba threads (identical
+    results). ``"auto"`` (the default) turns it on when the model runs on a GPU, whose forward pass leaves the
+    CPU cores idle, and at least 4 of the process's CPUs (its affinity mask: what SLURM or the container grants)
+    remain per device of the node; it then uses that many threads. On a CPU run the forward pass needs the cores.
     """
 
     def __init__(
@@ -71,6 +77,7 @@ class CAMLocalization(L.Callback):
         cam_method: str = "cam",
         background: bool = True,
         overlay_format: str = "jpg",
+        parallel: bool | str = "auto",
     ) -> None:
         super().__init__()
         if not 0.0 <= cam_threshold < 1.0:
@@ -96,6 +103,10 @@ class CAMLocalization(L.Callback):
         if fmt not in ("jpg", "jpeg", "png"):
             raise ValueError(f"overlay_format must be 'jpg' or 'png', got {overlay_format!r}")
         self.overlay_format = "jpg" if fmt == "jpeg" else fmt
+        if parallel not in (True, False, "auto"):
+            raise ValueError(f"parallel must be true, false or 'auto', got {parallel!r}")
+        self.parallel = parallel
+        self._parallel, self._numba_threads = False, 1  # resolved in setup()
         from camlab.metrics import UpdateWorker
 
         self._worker = UpdateWorker(max_pending=2, name="camlab-cam-metrics")
@@ -117,11 +128,26 @@ class CAMLocalization(L.Callback):
             topk=self.topk,
             loc_cam_threshold=self.cam_threshold,
             loc_iou_threshold=self.iou_threshold,
+            parallel=self._parallel,
         )
+
+    def _resolve_parallel(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[bool, int]:
+        """(numba threads on?, how many): ``auto`` turns them on when the model runs off the CPU (its forward pass
+        leaves the cores idle) and at least 4 of this process's CPUs remain per device of the node."""
+        import numba
+
+        try:
+            cpus = len(os.sched_getaffinity(0))  # what SLURM / taskset / the container grant, not the host's count
+        except AttributeError:  # not on Linux
+            cpus = os.cpu_count() or 1
+        threads = max(1, min(numba.config.NUMBA_NUM_THREADS, cpus // max(1, int(getattr(trainer, "num_devices", 1)))))
+        on = threads >= 4 and pl_module.device.type != "cpu" if self.parallel == "auto" else bool(self.parallel)
+        return on, threads
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Fresh metric objects per setup: under ddp_spawn, state tensors created before the spawn would be shared.
         self._worker.close(raise_errors=False)
+        self._parallel, self._numba_threads = self._resolve_parallel(trainer, pl_module)
         num_classes = getattr(pl_module, "num_classes", None)
         if num_classes is not None:
             self.topk = tuple(k for k in self.topk if k <= num_classes)
@@ -189,6 +215,10 @@ class CAMLocalization(L.Callback):
         """
         from camlab.metrics import ScoreMaps
 
+        if self._parallel:  # numba's thread count is per calling thread
+            import numba
+
+            numba.set_num_threads(self._numba_threads)
         with torch.inference_mode():  # as Lightning's evaluation loop (thread-local, so set here too)
             if maps is None:
                 maps, pred_maps, score, pred = self._cam_maps(pl_module, features, logits, part, size, take)

@@ -1,5 +1,6 @@
 """camlab.metrics: the Metric classes against the plain reference, de-duplication, validation."""
 
+import os
 import threading
 import numpy as np
 import pytest
@@ -346,10 +347,15 @@ def test_callback_background_worker_equals_main_thread(tmp_path):
     dm, model = _tiny_validation_setup()
     out = {}
     # 50 > 40 images: the grid is drawn at the epoch end
-    for bg, n_overlays, fmt in ((True, 3, "png"), (False, 3, "png"), (True, 50, "jpg"), (False, 50, "png")):
+    runs = ((True, 3, "png", "auto"), (False, 3, "png", False), (True, 50, "jpg", "auto"), (False, 50, "png", "auto"),
+            (True, 4, "png", True))
+    for bg, n_overlays, fmt, par in runs:
         d = tmp_path / f"{bg}_{n_overlays}"
-        cb = CAMLocalization(num_overlays=n_overlays, output_dir=str(d), background=bg, topk=(1,), overlay_format=fmt)
+        cb = CAMLocalization(num_overlays=n_overlays, output_dir=str(d), background=bg, topk=(1,), overlay_format=fmt,
+                             parallel=par)
         _validate(model, dm, cb)
+        assert cb._parallel is (par is True)  # "auto" stays serial when the model runs on the CPU
+        assert cb._metrics["val"].box_v2.parallel is cb._metrics["val"].pxap.parallel is cb._parallel
         assert cb._worker._thread is None  # stopped at teardown
         assert sorted(p.name for p in d.glob("overlay_*")) == [f"overlay_epoch000.{fmt}", f"overlay_latest.{fmt}"]
         grid = np.asarray(Image.open(d / f"overlay_epoch000.{fmt}"))
@@ -357,7 +363,7 @@ def test_callback_background_worker_equals_main_thread(tmp_path):
         assert (d / "curves_val_epoch000.csv").is_file() and Image.open(d / "curves_val.png").size == (720, 280)
         out[bg, n_overlays] = cb.last_results["val"], grid
     assert {"MaxBoxAccV2", "PxAP", "top1_loc"} <= set(out[True, 3][0])
-    assert out[True, 3][0] == out[False, 3][0] == out[True, 50][0]  # exactly equal floats
+    assert out[True, 3][0] == out[False, 3][0] == out[True, 50][0] == out[True, 4][0]  # exactly equal floats
     # the same numbers straight from the model: CAM of the GT class, upsampled, min-max normalized
     plain = WSOLMetrics(0.01, masks=True, topk=(1,), max_box_acc=False)
     model.eval()
@@ -394,3 +400,25 @@ def test_callback_worker_error_fails_the_validation(tmp_path):
     assert calls == [0, 8]  # the third batch is not updated after the failure
     assert cb._worker._thread is None
 
+
+
+def test_callback_parallel_auto_follows_the_accelerator_and_cpus(monkeypatch):
+    from types import SimpleNamespace
+
+    import numba
+
+    from camlab.callbacks import CAMLocalization
+
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    gpu, cpu = SimpleNamespace(device=torch.device("cuda", 0)), SimpleNamespace(device=torch.device("cpu"))
+    one, four = SimpleNamespace(num_devices=1), SimpleNamespace(num_devices=4)
+    auto = CAMLocalization()
+    assert auto._resolve_parallel(one, gpu) == (True, 16)  # GPU forward: 16 idle cores
+    assert auto._resolve_parallel(four, gpu) == (True, 4)  # 4 processes on the node share them
+    assert auto._resolve_parallel(one, cpu) == (False, 16)  # the CPU forward needs the cores
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert auto._resolve_parallel(one, gpu) == (False, 3)  # too few granted CPUs
+    assert CAMLocalization(parallel=True)._resolve_parallel(one, cpu) == (True, 3)
+    with pytest.raises(ValueError, match="parallel must be true, false or 'auto'"):
+        CAMLocalization(parallel="yes")
