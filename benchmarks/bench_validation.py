@@ -7,16 +7,18 @@ MaxBoxAccV2 + PxAP + top-k loc every epoch, curves CSV/PNG and overlays; MaxBoxA
 The three are timed in every round, in rotating order, in one process; the reported figures are medians of
 the per-round ratios. The model is trained for one short epoch first so that its CAMs look like a real run's.
 
-On a loaded machine, run it with ``OMP_WAIT_POLICY=PASSIVE`` (or ``--torch-threads 1``). With libgomp's default
-active waiting, the first torch op on the worker thread gives the process more OpenMP threads than CPUs, and libgomp
-then throttles its spin-waiting: under contention that alone made the *whole* validation ~3x faster (a dummy worker
-running ``x.sum()`` did the same), so "background" would look faster than "plain". PASSIVE puts every variant in the
-same regime. The script prints a warning when this applies.
+Until 2026-11-30 the worker thread ran the CAM einsum and upsampling, so it owned an OpenMP team of its own; the
+process then had more OpenMP threads than CPUs and libgomp throttled its spin-waiting for the *whole* process. That
+made this benchmark's "background" variant look faster under contention, and it made the default run's training
+epochs ~18 % slower (``benchmarks/bench_run.py``). The maps are now built on the main thread and the worker starts
+no team (tests/test_metrics.py checks it), so every variant runs in the same regime; ``OMP_WAIT_POLICY=PASSIVE``
+is no longer needed for a fair comparison (it changes all three alike).
 
 ``--breakdown`` also times each piece of the callback's work on the same batches in isolation (model
 forward, CAM einsum, upsampling, the fused normalize/uint8 pass, each metric's update, compute, curves CSV
 and plot, overlay collection, grid rendering, JPEG and PNG encoding). Inside ``WSOLMetrics.update`` top-k loc
-reuses the MaxBoxAccV2 kernel's run of the batch, so "(all)" is less than the sum of the updates alone., alternating, median over rounds.
+reuses the MaxBoxAccV2 kernel's run of the batch, so "(all)" is less than the sum of the updates alone;
+alternating order, median over rounds.
 
     python benchmarks/bench_validation.py [--rounds 5] [--breakdown] [--torch-threads N] [overrides ...]
 """
@@ -219,10 +221,6 @@ def main() -> None:
     n = len(dm.val_dataloader().dataset)
     p = statistics.median(times["plain"])
     policy = os.environ.get("OMP_WAIT_POLICY", "")
-    if policy.upper() != "PASSIVE" and torch.get_num_threads() > 1 and os.getloadavg()[0] > os.cpu_count():
-        print(f"\nWARNING: load {os.getloadavg()[0]:.1f} > {os.cpu_count()} CPUs with "
-              f"OMP_WAIT_POLICY={policy or 'unset'}: the background variant changes libgomp's spin policy for the "
-              "whole process; compare with OMP_WAIT_POLICY=PASSIVE (see the module docstring)")
     print(f"\n{n} images on {args.accelerator} (precision {args.precision}), load average {os.getloadavg()[0]:.2f}, torch threads {torch.get_num_threads()}, "
           f"OMP_WAIT_POLICY={policy or 'unset'}; "
           f"plain validation {p:.3f} s ({1000 * p / n:.3f} ms/img, median)")

@@ -187,10 +187,13 @@ class CAMLocalization(L.Callback):
         part = {k: batch[k] for k in keys if k in batch}
         if take:
             part["overlay_images"], part["overlay_meta"] = batch["image"][:take], meta
-        work = (stage, pl_module, outputs["features"], outputs["logits"], part, size, take)
-        if self.cam_method != "cam":  # gradient methods run autograd: on this thread, in Lightning's context
-            with torch.no_grad():
-                work = work + self._cam_maps(pl_module, outputs["features"], outputs["logits"], part, size, take)
+        # The maps are built here, on the main thread, for every method: gradient methods run autograd in
+        # Lightning's context, and a torch op large enough for OpenMP on the worker thread would give the process a
+        # second OpenMP team. libgomp then counts more threads than CPUs and throttles its spin-waiting, which slowed
+        # the default run's *training* epochs by ~20 % on 2 vCPUs (benchmarks/METRICS_NOTES.md, Round 4).
+        with torch.no_grad():
+            maps = self._cam_maps(pl_module, outputs["features"], outputs["logits"], part, size, take)
+        work = (stage, pl_module, outputs["logits"], part, take, *maps)
         if self.background:
             self._worker.submit(self._update, *work)
         else:
@@ -206,12 +209,11 @@ class CAMLocalization(L.Callback):
         score, pred = logits[:take].softmax(dim=1).max(dim=1)
         return maps, upsample(self._raw_cams(pl_module, features[:take], pred), size), score, pred
 
-    def _update(self, stage, pl_module, features, logits, part, size, take, maps=None, pred_maps=None,
-                score=None, pred=None) -> None:
-        """One batch's CAMs, metric updates and overlays: on the worker thread when ``background=True``.
+    def _update(self, stage, pl_module, logits, part, take, maps, pred_maps, score, pred) -> None:
+        """One batch's normalization, metric updates and overlays: on the worker thread when ``background=True``.
 
-        ``cam_method="cam"`` builds the maps here too (one einsum and the upsampling: the results do not depend
-        on the thread, each output element is computed on its own); other methods pass them in.
+        The maps come from :meth:`_cam_maps` on the main thread; the work here is numpy / numba / OpenCV, plus torch
+        ops on tensors too small for a parallel region (no OpenMP team on the worker thread).
         """
         from camlab.metrics import ScoreMaps
 
@@ -220,8 +222,6 @@ class CAMLocalization(L.Callback):
 
             numba.set_num_threads(self._numba_threads)
         with torch.inference_mode():  # as Lightning's evaluation loop (thread-local, so set here too)
-            if maps is None:
-                maps, pred_maps, score, pred = self._cam_maps(pl_module, features, logits, part, size, take)
             # (B, H, W) maps normalized on the CPU in one pass that also makes their uint8 copies; bit-identical
             # to minmax_normalize (tests/test_metrics.py)
             cams_gt = ScoreMaps.normalize(maps)

@@ -422,3 +422,41 @@ def test_callback_parallel_auto_follows_the_accelerator_and_cpus(monkeypatch):
     assert CAMLocalization(parallel=True)._resolve_parallel(one, cpu) == (True, 3)
     with pytest.raises(ValueError, match="parallel must be true, false or 'auto'"):
         CAMLocalization(parallel="yes")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task") or torch.get_num_threads() < 2,
+                    reason="counts the process's OS threads (Linux) with an OpenMP team of 2+")
+def test_callback_worker_thread_starts_no_openmp_team():
+    """The worker gets numpy/numba/OpenCV work only: a torch op large enough for OpenMP there (the CAM einsum and
+    upsampling used to run there) gave the process a second OpenMP team, libgomp then throttled its spin-waiting,
+    and the default run's training epochs ran ~18 % slower (benchmarks/bench_run.py)."""
+    import lightning.pytorch as L
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from camlab.callbacks import CAMLocalization
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module("camlab.conf", version_base="1.3"):  # 16 x 64 x 64 maps: above torch's grain size
+        cfg = compose("train", overrides=["backbone.width=4", "data.num_train=16", "data.num_val=32",
+                                          "data.num_test=16", "data.batch_size=16"])
+    GlobalHydra.instance().clear()
+    torch.manual_seed(0)
+    dm, model = instantiate(cfg.data, _convert_="partial"), instantiate(cfg.model, _convert_="partial")
+
+    def threads():
+        return set(os.listdir("/proc/self/task"))  # thread ids: a thread of an earlier test ending does not count
+
+    class Count(L.Callback):
+        def on_validation_epoch_end(self, trainer, pl_module):
+            self.during = threads()  # after CAMLocalization joined its worker, before teardown closes it
+
+    def validate(callbacks):
+        L.Trainer(accelerator="cpu", logger=False, callbacks=callbacks, enable_progress_bar=False,
+                  enable_model_summary=False, enable_checkpointing=False).validate(model, datamodule=dm, verbose=False)
+
+    validate([])  # the main thread's OpenMP team exists from here on
+    before, count = threads(), Count()
+    validate([CAMLocalization(num_overlays=4, output_dir=None, background=True, topk=(1,)), count])
+    assert len(count.during - before) == 1  # the worker thread, and no team of its own
