@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from camlab.cam import upsample
 from camlab.cam_methods import check_method, compute_cams
-from camlab.viz import OverlaySample, denormalize, render_grid
+from camlab.viz import OverlaySample, caption_font, denormalize, render_grid
 
 log = logging.getLogger(__name__)
 
@@ -411,7 +411,7 @@ def plot_curves(curves: dict[str, list[float]], path: Path, title: str = "") -> 
     W, H = 720, 280
     img = Image.new("RGB", (W, H), (255, 255, 255))
     draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
+    font = caption_font()
     draw.text((W / 2, 4), title, fill=(0, 0, 0), font=font, anchor="mt")
     tx = [0, 0.2, 0.4, 0.6, 0.8, 1.0]
     left = _axes(img, draw, font, (60, 24, 340, 236), (0.0, 1.0), (0.0, 100.0), "CAM threshold", "box accuracy (%)",
