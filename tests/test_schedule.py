@@ -60,3 +60,15 @@ def test_one_step_run_trains_at_the_constant_lr():
 def test_three_phase_two_steps_falls_back_to_constant_lr():
     with pytest.warns(UserWarning, match="too short"):
         assert _fit(2, pct_start=0.2, three_phase=True) == [pytest.approx(0.1)] * 2
+
+
+def test_fast_dev_run_uses_the_constant_lr_without_a_warning(recwarn):
+    torch.manual_seed(0)
+    model = CAMClassifier(_Backbone(), num_classes=2, optimizer=partial(torch.optim.SGD, lr=0.1),
+                          scheduler=partial(torch.optim.lr_scheduler.OneCycleLR, pct_start=0.2))
+    data = DataLoader([{"image": torch.randn(3, 8, 8), "label": i % 2} for i in range(4)], batch_size=2)
+    rec = _LRs()
+    L.Trainer(accelerator="cpu", fast_dev_run=True, logger=False, enable_progress_bar=False,
+              enable_model_summary=False, callbacks=[rec]).fit(model, train_dataloaders=data)
+    assert rec.lrs == [pytest.approx(0.1)]
+    assert not [w for w in recwarn if "one-cycle" in str(w.message)]
