@@ -78,6 +78,27 @@ def configure_process(cfg: DictConfig) -> None:
         log.debug("glibc malloc: freed memory kept for reuse (tune_malloc)")
     if cfg.trainer.get("accelerator") == "cpu":
         torch.set_float32_matmul_precision("high")
+    quiet_lightning_tips()
+
+
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+def quiet_lightning_tips() -> None:
+    """Drop Lightning's advertising tips (``💡 Tip: ... try installing litlogger``) from every run's log.
+
+    Example:
+        >>> import logging
+        >>> quiet_lightning_tips(); quiet_lightning_tips()  # idempotent
+        >>> lg = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+        >>> [f.filter(logging.makeLogRecord({"msg": m})) for f in lg.filters for m in ("💡 Tip: x", "GPU available")]
+        [False, True]
+    """
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoTips) for f in logger.filters):
+        logger.addFilter(_NoTips())
 
 
 def _glibc() -> Any:
