@@ -19,12 +19,10 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 BAD = {"backbone=nope", "backbone.name=nope", "trainer.max_epoch=3"}
 
 
-_CMD = re.compile(r"(?:^|&&)\s*(?:[A-Z_]+=\S+\s+)*camlab-train\b(.*)")
-
-
-def _commands(text: str) -> list[list[str]]:
-    """Override lists of the `camlab-train` commands: lines of fenced code blocks, and backticked commands in the
-    text and tables (sweeps: each key's first value)."""
+def _commands(text: str, prog: str = "camlab-train", sweep: bool = True) -> list[list[str]]:
+    """Argument lists of the ``prog`` commands: lines of fenced code blocks, and backticked commands in the text
+    and tables (Hydra sweeps: each key's first value)."""
+    pattern = re.compile(rf"(?:^|&&)\s*(?:[A-Z_]+=\S+\s+)*{prog}\b(.*)")
     found, fenced = [], False
     for line in text.replace("\\\n", " ").splitlines():
         if line.startswith("```"):
@@ -33,16 +31,16 @@ def _commands(text: str) -> list[list[str]]:
         if fenced:
             found.append(line)
         else:
-            found += re.findall(r"`([^`]*camlab-train\b[^`]*)`", line)
+            found += re.findall(rf"`([^`]*{prog}\b[^`]*)`", line)
     commands = []
     for cmd in found:
-        m = _CMD.search(cmd)
+        m = pattern.search(cmd)
         if not m:
             continue
         args = re.split(r"\s{2,}#|\s#\s", m.group(1))[0]
         args = re.sub(r"<[^>]*>", "x", args)  # placeholders such as <run dir>
         tokens = [t for t in shlex.split(args) if t not in ("-m", "--multirun", "...")]
-        commands.append([_first_sweep_value(t) for t in tokens])
+        commands.append([_first_sweep_value(t) for t in tokens] if sweep else tokens)
     return commands
 
 
@@ -69,11 +67,11 @@ def _inline_overrides(text: str) -> list[str]:
 DATA = sorted(p.stem for p in (README.parent / "conf" / "data").glob("*.yaml"))
 
 
-def _compose(overrides: list[str]) -> None:
+def _compose(overrides: list[str], config: str = "train") -> None:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module("camlab.conf", version_base="1.3"):
-            compose("train", overrides=overrides, return_hydra_config=True)
+            compose(config, overrides=overrides, return_hydra_config=True)
     finally:
         GlobalHydra.instance().clear()
 
@@ -90,6 +88,24 @@ def test_the_readme_has_commands_and_overrides_to_check():
 @pytest.mark.parametrize("overrides", COMMANDS, ids=[" ".join(c) or "(default)" for c in COMMANDS])
 def test_readme_command_composes(overrides):
     _compose(overrides)
+
+
+EVAL = _commands(TEXT, "camlab-eval")
+PREDICT = [c for c in _commands(TEXT, "camlab-predict", sweep=False) if c]
+COMPARE = [c for c in _commands(TEXT, "camlab-compare", sweep=False) if c]
+
+
+def test_readme_eval_predict_compare_commands_parse():
+    from camlab.compare import build_parser
+    from camlab.predict import parse_args
+
+    assert len(EVAL) >= 2 and len(PREDICT) >= 2 and len(COMPARE) >= 4, (EVAL, PREDICT, COMPARE)
+    for overrides in EVAL:
+        _compose(overrides, "eval")
+    for args in PREDICT:
+        parse_args(args)  # argparse exits (SystemExit) on an unknown option
+    for args in COMPARE:
+        build_parser().parse_args(args)
 
 
 @pytest.mark.parametrize("override", INLINE)
