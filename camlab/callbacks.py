@@ -190,7 +190,7 @@ class CAMLocalization(L.Callback):
         # The maps are built here, on the main thread, for every method: gradient methods run autograd in
         # Lightning's context, and a torch op large enough for OpenMP on the worker thread would give the process a
         # second OpenMP team. libgomp then counts more threads than CPUs and throttles its spin-waiting, which slowed
-        # the default run's *training* epochs by ~20 % on 2 vCPUs (benchmarks/METRICS_NOTES.md, Round 4).
+        # the default run's *training* epochs by 17.6 % on 2 vCPUs (benchmarks/METRICS_NOTES.md, Round 4).
         with torch.no_grad():
             maps = self._cam_maps(pl_module, outputs["features"], outputs["logits"], part, size, take)
         work = (stage, pl_module, outputs["logits"], part, take, *maps)

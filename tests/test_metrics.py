@@ -317,15 +317,15 @@ def test_metric_updates_on_the_worker_are_bit_identical():
     worker.close()
 
 
-def _tiny_validation_setup(num_val=40):
+def _tiny_validation_setup(num_val=40, overrides=("data.image_size=32", "data.num_train=8", "data.num_test=8",
+                                                   "data.batch_size=8")):
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
     GlobalHydra.instance().clear()
     with initialize_config_module("camlab.conf", version_base="1.3"):
-        cfg = compose("train", overrides=["backbone.width=4", "data.image_size=32", "data.num_train=8",
-                                          f"data.num_val={num_val}", "data.num_test=8", "data.batch_size=8"])
+        cfg = compose("train", overrides=["backbone.width=4", f"data.num_val={num_val}", *overrides])
     GlobalHydra.instance().clear()
     torch.manual_seed(0)
     return instantiate(cfg.data, _convert_="partial"), instantiate(cfg.model, _convert_="partial")
@@ -431,19 +431,11 @@ def test_callback_worker_thread_starts_no_openmp_team():
     upsampling used to run there) gave the process a second OpenMP team, libgomp then throttled its spin-waiting,
     and the default run's training epochs ran ~18 % slower (benchmarks/bench_run.py)."""
     import lightning.pytorch as L
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.utils import instantiate
 
     from camlab.callbacks import CAMLocalization
 
-    GlobalHydra.instance().clear()
-    with initialize_config_module("camlab.conf", version_base="1.3"):  # 16 x 64 x 64 maps: above torch's grain size
-        cfg = compose("train", overrides=["backbone.width=4", "data.num_train=16", "data.num_val=32",
-                                          "data.num_test=16", "data.batch_size=16"])
-    GlobalHydra.instance().clear()
-    torch.manual_seed(0)
-    dm, model = instantiate(cfg.data, _convert_="partial"), instantiate(cfg.model, _convert_="partial")
+    # 16 x 64 x 64 maps: above torch's grain size for a parallel region
+    dm, model = _tiny_validation_setup(32, ("data.num_train=16", "data.num_test=16", "data.batch_size=16"))
 
     def threads():
         return set(os.listdir("/proc/self/task"))  # thread ids: a thread of an earlier test ending does not count

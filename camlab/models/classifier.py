@@ -175,6 +175,7 @@ class CAMClassifier(L.LightningModule):
             # One peak per param group, so the head keeps its multiplier under OneCycleLR.
             extra["max_lr"] = [g["lr"] for g in optimizer.param_groups]
         if "pct_start" in params and "total_steps" in extra:
+            asked = float(given.get("pct_start", params["pct_start"].default))
             pct = _one_cycle_pct_start(given, params, steps)
             # fast_dev_run (debug=fast) is a smoke test of one step: no warning there
             warn = (lambda msg: None) if self.trainer.fast_dev_run else rank_zero_warn
@@ -182,9 +183,9 @@ class CAMClassifier(L.LightningModule):
                 warn(f"{target.__name__}: a run of {steps} optimizer step(s) is too short for a one-cycle "
                      "schedule; training at the optimizer's constant lr instead")
                 return None
-            if pct != given.get("pct_start", params["pct_start"].default):
-                warn(f"{target.__name__}: {steps} optimizer steps leave no warm-up step at pct_start="
-                     f"{given.get('pct_start', params['pct_start'].default)}; using pct_start={pct:.3g}")
+            if pct != asked:
+                warn(f"{target.__name__}: {steps} optimizer steps leave no warm-up step at pct_start={asked:g}; "
+                     f"using pct_start={pct:.3g}")
                 extra["pct_start"] = pct
         return factory(optimizer, **extra)
 
