@@ -390,7 +390,8 @@ def _level_ranks(levels):
 
 @njit(cache=True)
 def _row_scan(u8, rank, n, L, R, rmax):
-    """One forward and one backward pass per row: run ends per level, and the enclosed-gap events.
+    """One forward pass per row over the pixels and one backward pass over its runs of equal rank: run ends
+    per level, and the enclosed-gap events.
 
     Writes ``L[j, y]`` / ``R[j, y]`` (first / last foreground column of row y at level j, for j <
     ``rmax[y]``, the rank of the row's max). Returns the gap events as level ranges ``[lo, hi)`` with a
@@ -400,8 +401,9 @@ def _row_scan(u8, rank, n, L, R, rmax):
     H, W = u8.shape
     lastF = np.empty(n + 2, np.int32)
     lastB = np.empty(n + 2, np.int32)
-    rrow = np.empty(W, np.int32)
-    pmr = np.empty(W, np.int32)
+    run_rank = np.empty(W, np.int32)
+    run_end = np.empty(W, np.int32)  # last column of each run of equal rank
+    run_pmax = np.empty(W, np.int32)  # prefix max of the ranks up to the end of the run
     row_cap = 2 * (W + 1) + 2  # at most two level ranges per column boundary
     cap = row_cap + H * W // 4
     elo = np.empty(cap, np.int32)
@@ -416,32 +418,45 @@ def _row_scan(u8, rank, n, L, R, rmax):
             ehi = _grow(ehi, cap)
             ex = _grow(ex, cap)
         # forward: prefix max of the ranks; lastF[m] = last column whose prefix max (before it) is m,
-        # i.e. the column where the prefix max rises above m: the first foreground column of level m
+        # i.e. the column where the prefix max rises above m: the first foreground column of level m.
+        # The row is also cut into runs of equal rank (branch-free: the run index k moves on a change).
         lastF[:] = -1
         pm = 0
+        k = -1
+        prev = -1
         for x in range(W):
             r = rank[u8[y, x]]
-            rrow[x] = r
             lastF[pm] = x
             pm = max(pm, r)
-            pmr[x] = pm
+            k += r != prev
+            prev = r
+            run_rank[k] = r
+            run_end[k] = x
         rmax[y] = pm
         cur = 0
         for j in range(pm):  # levels the prefix max jumped over start at the same column
             cur = max(cur, lastF[j])
             L[j, y] = cur
+        m = 0
+        for q in range(k + 1):
+            m = max(m, run_rank[q])
+            run_pmax[q] = m
         # backward: suffix max, last foreground column per level, and the gaps. Column x is background
         # enclosed by foreground on both sides of its row ("gap") at the levels [r, t), t = min(prefix max,
-        # suffix max); every background run between two foreground runs is made of such columns.
+        # suffix max); every background run between two foreground runs is made of such columns. Within a
+        # run of equal rank r, t and hence the gap levels are the same in every column, so only a run's last
+        # column can start or end gap levels, and only there can the suffix max rise: one step per run gives
+        # the same events and run ends as one step per column.
         lastB[:] = W
         sm = 0
         pa = 0
-        pb = 0  # gap levels [pa, pb) of column x + 1 (none right of the row)
-        for x in range(W - 1, -1, -1):
-            r = rrow[x]
+        pb = 0  # gap levels [pa, pb) of the run to the right (none right of the row)
+        for q in range(k, -1, -1):
+            r = run_rank[q]
+            x = run_end[q]
             lastB[sm] = x
             sm = max(sm, r)
-            t = min(pmr[x], sm)
+            t = min(run_pmax[q], sm)
             if t > r or pb > pa:
                 a = r
                 b = max(t, r)
