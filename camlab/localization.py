@@ -4,7 +4,9 @@ Default semantics reproduce clovaai/wsolevaluation ("wsoleval") exactly, quirks 
 compare with published tables (see ``benchmarks/METRICS_NOTES.md``):
 
 * score maps are float maps in [0, 1]; ``u8 = (map * 255).astype(uint8)`` (truncation, computed in the
-  map's own dtype: float32 maps multiply in float32, as wsoleval's pipeline does);
+  map's own dtype). wsoleval's evaluator takes float64 maps only; for a float32 map the float32 product truncates
+  to the same integer as the float64 product of its (exact) float64 copy (tested for the float32 values around
+  every k / 255), so float32 and float64 maps both get wsoleval's numbers;
 * at threshold ``t`` a pixel is foreground iff ``u8 > int(t * u8.max())`` (strict, relative);
 * contours are OpenCV tree-mode contours: one outer contour per 8-connected foreground component and
   one hole contour per 4-connected background component that does not touch the image border (its box

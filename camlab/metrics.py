@@ -7,8 +7,12 @@ repeated indices (``DistributedSampler`` pads the last batch by repeating sample
 any number of processes equals the single-process one exactly. Call ``compute()`` on every rank.
 
 Inputs are score maps already upsampled to the input size and normalized to [0, 1]
-(:func:`camlab.localization.normalize_cams`); they are converted to float32 on the CPU, then to uint8 by
-truncation, as wsoleval's pipeline does.
+(:func:`camlab.localization.normalize_cams`). On the CPU, float64 maps stay float64 and any other float dtype
+becomes float32 (exactly); the uint8 maps are ``map * 255`` truncated, in that dtype. wsoleval's evaluator takes
+float64 maps only, so its product is always float64: for float32 values in [0, 1] the float32 product truncates to
+the same integer (checked for the float32 values around every k / 255), and float64 maps are never rounded to
+float32, which would move scores across PxAP bin edges and uint8 steps
+(``benchmarks/crosscheck_wsoleval.py`` compares with wsoleval's own evaluator code).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
+from camlab.cam import minmax_normalize
 from camlab.localization import (
     _all_contours_batch,
     _cut_levels,
@@ -62,12 +67,13 @@ def resolve_thresholds(cam_thresholds) -> np.ndarray:
 
 
 class ScoreMaps:
-    """A batch of score maps converted once: float32 (B, H, W) numpy maps in [0, 1], uint8 maps, maxima.
+    """A batch of score maps converted once: (B, H, W) numpy maps in [0, 1], uint8 maps, maxima.
 
-    Every metric's ``update`` accepts one in place of the ``cams`` tensor; :class:`WSOLMetrics` builds one
-    per batch so that its sub-metrics copy, check and convert the maps once (one fused pass).
-    :meth:`normalize` builds one from *raw* maps, min-max normalizing them on the CPU with the same float32
-    operations as :func:`camlab.cam.minmax_normalize` (bit-identical results) in the same pass.
+    The maps are float64 when given as float64 and float32 otherwise (see the module docstring). Every metric's
+    ``update`` accepts one in place of the ``cams`` tensor; :class:`WSOLMetrics` builds one per batch so that its
+    sub-metrics copy, check and convert the maps once (one fused pass for float32).
+    :meth:`normalize` builds one from *raw* maps, min-max normalizing them on the CPU with the same operations as
+    :func:`camlab.cam.minmax_normalize` in the maps' dtype (bit-identical results), for float32 in the same pass.
 
     Example:
         >>> sm = ScoreMaps.normalize(torch.tensor([[[1.0, 3.0], [2.0, 3.0]]]))
@@ -78,9 +84,13 @@ class ScoreMaps:
     def __init__(self, cams: Tensor, _normalize: bool = False) -> None:
         if not isinstance(cams, Tensor) or cams.ndim != 3:
             raise ValueError(f"cams must be a (B, H, W) tensor, got {getattr(cams, 'shape', type(cams))}")
-        maps = cams.detach().to("cpu", torch.float32).numpy()
+        dtype = torch.float64 if cams.dtype == torch.float64 else torch.float32
+        maps = cams.detach().to("cpu", dtype).numpy()
         try:
-            if _normalize:
+            if _normalize and dtype == torch.float64:
+                self.maps = minmax_normalize(torch.from_numpy(maps)).numpy()
+                self.u8, self.vmax = _scoremaps_u8(self.maps, check=True)
+            elif _normalize:
                 self.maps, self.u8, self.vmax = _normalize_scoremaps(maps)
             else:
                 self.maps = maps

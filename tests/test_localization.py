@@ -64,6 +64,31 @@ def test_uint8_truncates():
     assert scoremap_to_uint8(np.array([0.999, 0.5, 1.0], np.float32)).tolist() == [254, 127, 255]
 
 
+def test_uint8_of_float32_maps_equals_the_float64_product():
+    """wsoleval's evaluator multiplies float64 maps by 255. For float32 maps camlab multiplies in float32; that
+    truncates to the same integer for every float32 value in [0, 1]: a difference needs a product within half a
+    float32 step of an integer k, i.e. a value within about half a step of k / 255, so the values around every
+    k / 255 (here 64 steps each way) are all the candidates."""
+    vals = []
+    for k in range(256):
+        v = np.float32(k / 255)
+        lo = hi = v
+        vals.append(v)
+        for _ in range(64):
+            lo, hi = np.nextafter(lo, np.float32(-1)), np.nextafter(hi, np.float32(2))
+            vals += [lo, hi]
+    v = np.array(vals, np.float32)
+    v = v[(v >= 0) & (v <= 1)]
+    assert len(v) > 32000
+    f32 = scoremap_to_uint8(v)
+    f64 = np.floor(v.astype(np.float64) * 255.0).astype(np.int64)  # exact: a float32 times 255 fits in float64
+    assert np.array_equal(f32.astype(np.int64), f64)
+    # a float64 map keeps its own product (no rounding to float32 on the way)
+    s = 0.0039215686274509795  # the largest float64 with s * 255 < 1; float32(s) * 255 rounds to 1
+    assert scoremap_to_uint8(np.array([s])).tolist() == [0]
+    assert scoremap_to_uint8(np.array([s], np.float32)).tolist() == [1]
+
+
 # --- boxes: hand-worked examples ------------------------------------------------------------------
 def test_square_blob_box_at_every_threshold():
     m = np.zeros((10, 12), np.float32)

@@ -256,6 +256,45 @@ def test_scoremaps_normalize_is_bit_identical_to_minmax_normalize():
     assert ra.keys() == rb.keys() and all(torch.equal(ra[k], rb[k]) for k in ra)
 
 
+
+def test_float64_maps_are_not_rounded_to_float32():
+    """wsoleval's evaluator takes float64 maps; rounding them to float32 moves scores across uint8 steps and PxAP
+    edges. Hand-worked: s = 0.0039215686274509795 is the largest float64 with s * 255 < 1 (so uint8 0), while
+    float32(s) * 255 rounds to 1.0 (uint8 1)."""
+    s = 0.0039215686274509795
+    assert int(s * 255) == 0 and int(np.float32(s) * np.float32(255)) == 1
+    cams = torch.zeros(1, 8, 8, dtype=torch.float64)
+    cams[0, 0, 0] = 1.0
+    cams[0, 6:8, 6:8] = s
+    boxes = torch.tensor([[[6.0, 6.0, 7.0, 7.0]]])  # inclusive 6..7: exactly the 2 x 2 block
+    # at t = 0 the foreground is u8 > 0: in float64 only the max pixel (box (0, 0, 1, 1), IoU 0 with the GT);
+    # the float32 map also has the block (box (6, 6, 7, 7), IoU 1)
+    for dtype, want in ((torch.float64, 0.0), (torch.float32, 100.0)):
+        m = BoxAccuracy(cam_thresholds=[0.0], iou_thresholds=(50,))
+        m.update(cams.to(dtype), boxes, torch.tensor([1]), torch.tensor([0]))
+        assert m.compute()["MaxBoxAccV2/IoU50"].item() == want, dtype
+    # PxAP: a foreground pixel one float64 step below the edge 0.5 is below the threshold 0.5 (float32 rounds it up
+    # to 0.5); a background pixel at 0.75. Thresholds [0, 0.5]: recall at 0.5 is 0 / 1, precision there 0 / 1.
+    below = float(np.nextafter(0.5, 0.0))
+    assert float(np.float32(below)) == 0.5
+    maps = torch.tensor([[[below, 0.75]]], dtype=torch.float64)
+    masks = torch.tensor([[[1, 0]]], dtype=torch.uint8)
+    for dtype, recall_at_half in ((torch.float64, 0.0), (torch.float32, 1.0)):
+        p = PxAP(cam_thresholds=[0.0, 0.5])
+        p.update(maps.to(dtype), masks, torch.tensor([0]))
+        r = p.compute()
+        assert r["PxAP/recall"].tolist()[1] == recall_at_half, dtype
+    # ScoreMaps.normalize keeps float64 raw maps in float64: bit-identical to minmax_normalize in float64
+    from camlab.metrics import ScoreMaps
+
+    raw = torch.randn(3, 5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    raw[1] = 4.0
+    sm = ScoreMaps.normalize(raw)
+    ref = normalize_cams(raw).numpy()
+    assert sm.maps.dtype == np.float64 and np.array_equal(sm.maps.view(np.uint64), ref.view(np.uint64))
+    assert np.array_equal(sm.u8, (ref * 255).astype(np.uint8)) and sm.vmax.tolist() == [255, 0, 255]
+
+
 # --- background updates -------------------------------------------------------------------------------
 def test_update_worker_keeps_order_and_reraises_the_first_error():
     out = []

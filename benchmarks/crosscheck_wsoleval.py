@@ -1,0 +1,234 @@
+"""Cross-check camlab's metrics against the public WSOL benchmark's own evaluator code.
+
+    pip install munch   # imported by wsolevaluation's data_loaders.py
+    git clone https://github.com/clovaai/wsolevaluation /path/to/wsolevaluation
+    python benchmarks/crosscheck_wsoleval.py --wsoleval /path/to/wsolevaluation [--n 200] [--size 224]
+
+Imports ``evaluation.py`` from a checkout of clovaai/wsolevaluation (nothing of it is copied into camlab) and feeds
+the same score maps, boxes and masks to its evaluators and to :class:`camlab.metrics.WSOLMetrics`:
+
+* ``BoxEvaluator`` with all contours and IoU 30/50/70 (MaxBoxAccV2) and with the largest contour and IoU 50
+  (MaxBoxAcc): the per-threshold correct counts and the best accuracies;
+* ``MaskEvaluator`` (PxAP): the value it returns.
+
+Its evaluators are built without their metadata files: the attributes their ``accumulate`` and ``compute`` read
+are set directly, and its module-level ``get_mask`` is replaced by a lookup of this script's masks. Its code uses
+``np.float``, which numpy 1.24 removed; the script sets ``np.float = float`` (what that name meant) if it is absent.
+Its evaluators only take float64 maps, so every map kind is float64 (float32 kinds are upcast, exactly).
+
+Map kinds: ``cams`` (random blobs on a 7x7 grid resized with OpenCV bicubic in float64 and min-max normalized, as
+its inference.py does), ``cams-f32`` (the same computed in float32, as camlab's own pipeline gives its maps),
+``noise`` (uniform), ``ties`` (eight distinct values: plateaus and equal areas) and ``edges`` (values on and one
+float step around the threshold grid and the uint8 steps k/255). ``noise`` and ``ties`` maps have thousands of contours
+per threshold (wsoleval needs about 2.5 s per 224 px map), so they are made at ``--rough-size`` (64) px. GT: 1-3 integer
+boxes per image, the first one near the map's own blob (IoUs spread around the thresholds); masks are the boxes,
+with an ignore band (255). The script exits with status 1 on any difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from camlab.metrics import WSOLMetrics
+
+KINDS = ("cams", "cams-f32", "noise", "ties", "edges")
+
+
+def load_wsoleval(root: Path):
+    if not (root / "evaluation.py").is_file():
+        sys.exit(f"error: {root}/evaluation.py not found: pass --wsoleval a checkout of clovaai/wsolevaluation")
+    try:
+        import munch  # noqa: F401
+    except ImportError:
+        sys.exit("error: wsolevaluation's data_loaders.py imports munch: pip install munch")
+    if not hasattr(np, "float"):
+        np.float = float  # the builtin alias numpy removed in 1.24; wsoleval's code still uses it
+    sys.path.insert(0, str(root))
+    return importlib.import_module("evaluation")
+
+
+def make_maps(kind: str, n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, size, size) float64 maps in [0, 1]."""
+    out = np.empty((n, size, size), np.float64)
+    for i in range(n):
+        if kind in ("cams", "cams-f32"):
+            dtype = np.float64 if kind == "cams" else np.float32
+            low = np.zeros((7, 7), dtype)
+            yy, xx = np.mgrid[0:7, 0:7]
+            for _ in range(rng.integers(1, 4)):
+                cy, cx, s = rng.uniform(0, 7), rng.uniform(0, 7), rng.uniform(0.7, 2.5)
+                low += (rng.uniform(0.3, 1) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s))).astype(dtype)
+            low += (0.05 * rng.random((7, 7))).astype(dtype)
+            m = cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC)
+            m = m - m.min()
+            m = m / m.max()  # in the map's own dtype, as normalize_scoremap does
+            out[i] = m.astype(np.float64)
+        elif kind == "noise":
+            out[i] = rng.random((size, size))
+        elif kind == "ties":
+            out[i] = rng.integers(0, 8, (size, size)) / 7.0
+        elif kind == "edges":
+            grid = np.arange(0, 1, 0.01)
+            steps = np.arange(256) / 255.0
+            base = np.concatenate([grid, steps])
+            vals = np.concatenate([base, np.nextafter(base, 2.0), np.nextafter(base, -1.0)])
+            vals = np.clip(vals, 0.0, 1.0)
+            m = rng.choice(vals, (size, size))
+            # smooth-ish layout: sort values along a random blob so that contours are not all single pixels
+            yy, xx = np.mgrid[0:size, 0:size]
+            cy, cx = rng.uniform(0, size, 2)
+            order = np.argsort(((yy - cy) ** 2 + (xx - cx) ** 2).ravel())
+            flat = np.sort(m.ravel())[::-1]
+            m = np.empty(size * size)
+            m[order] = flat
+            out[i] = m.reshape(size, size)
+            out[i].flat[rng.integers(0, size * size)] = 1.0
+        else:
+            raise ValueError(kind)
+    return out
+
+
+def make_targets(maps: np.ndarray, rng: np.random.Generator):
+    """Integer inclusive GT boxes (n, 3, 4) with counts (n,), and masks (n, H, W) with 0/1/255.
+
+    The first box of an image is the box of its map above a random level in [0.2, 0.7], each side moved by up to 4
+    px, so that IoUs spread around 0.3-0.7; the others (0-2) are random. The mask is the union of the boxes, with an
+    ignore band (255) along the top outside them.
+    """
+    n, size = maps.shape[0], maps.shape[1]
+    boxes = np.zeros((n, 3, 4), np.int64)
+    counts = rng.integers(1, 4, n)
+    masks = np.zeros(maps.shape, np.uint8)
+    for i in range(n):
+        ys, xs = np.nonzero(maps[i] > rng.uniform(0.2, 0.7))
+        if len(ys) == 0:
+            ys, xs = np.array([0]), np.array([0])
+        jitter = rng.integers(-4, 5, 4)
+        x0, y0 = np.clip([xs.min() + jitter[0], ys.min() + jitter[1]], 0, size - 1)
+        x1, y1 = np.clip([xs.max() + jitter[2], ys.max() + jitter[3]], 0, size - 1)
+        first = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+        for g in range(counts[i]):
+            if g == 0:
+                bx = first
+            else:
+                a, b = rng.integers(0, size - 2, 2)
+                bx = (a, b, int(rng.integers(a + 1, min(size, a + size // 2 + 2))),
+                      int(rng.integers(b + 1, min(size, b + size // 2 + 2))))
+            boxes[i, g] = bx
+            masks[i, bx[1]: bx[3] + 1, bx[0]: bx[2] + 1] = 1
+        band = slice(0, rng.integers(1, 4))
+        masks[i, band][masks[i, band] == 0] = 255
+    return boxes, counts, masks
+
+
+def wsoleval_results(E, maps, boxes, counts, masks, grid):
+    thr = list(grid)
+    out = {}
+    for name, multi, ious in (("MaxBoxAccV2", True, [30, 50, 70]), ("MaxBoxAcc", False, [50])):
+        ev = object.__new__(E.BoxEvaluator)
+        ev.cam_threshold_list, ev.iou_threshold_list, ev.multi_contour_eval = thr, ious, multi
+        ev.num_correct = {k: np.zeros(len(thr)) for k in ious}
+        ev.cnt = 0
+        ev.gt_bboxes = {i: [tuple(int(v) for v in boxes[i, g]) for g in range(counts[i])] for i in range(len(maps))}
+        for i, m in enumerate(maps):
+            ev.accumulate(m, i)
+        best = ev.compute()
+        for k, b in zip(ious, best):
+            out[f"{name}/IoU{k}"] = float(b)
+            out[f"{name}/curve/IoU{k}"] = ev.num_correct[k] * 100.0 / float(ev.cnt)
+    mev = object.__new__(E.MaskEvaluator)
+    mev.cam_threshold_list, mev.split = thr, "crosscheck"
+    mev.num_bins = len(thr) + 2
+    mev.threshold_list_right_edge = np.append(thr, [1.0, 2.0, 3.0])
+    mev.gt_true_score_hist = np.zeros(mev.num_bins, dtype=np.float64)
+    mev.gt_false_score_hist = np.zeros(mev.num_bins, dtype=np.float64)
+    mev.mask_root = None
+    mev.mask_paths = {i: i for i in range(len(maps))}
+    mev.ignore_paths = {i: None for i in range(len(maps))}
+    saved = E.get_mask
+    E.get_mask = lambda root, key, ignore: masks[key]
+    try:
+        for i, m in enumerate(maps):
+            mev.accumulate(m, i)
+        import contextlib
+        import io
+        with contextlib.redirect_stdout(io.StringIO()):  # compute() prints its value
+            out["PxAP"] = float(mev.compute())
+    finally:
+        E.get_mask = saved
+    return out
+
+
+def camlab_results(maps, boxes, counts, masks, grid, batch: int = 64):
+    wm = WSOLMetrics(grid, (30, 50, 70), max_box_acc=True, masks=True, topk=())
+    for s in range(0, len(maps), batch):
+        sl = slice(s, min(s + batch, len(maps)))
+        wm.update(torch.from_numpy(maps[sl]), boxes=torch.from_numpy(boxes[sl]).double(),
+                  num_boxes=torch.from_numpy(counts[sl]), masks=torch.from_numpy(masks[sl]),
+                  index=torch.arange(sl.start, sl.stop))
+    out = {k: float(v) for k, v in wm.compute().items() if v.ndim == 0}
+    curves = wm.box_v2.compute() | wm.box_v1.compute()
+    out.update({k: v.numpy() for k, v in curves.items() if "/curve/" in k})
+    return out
+
+
+def compare(ours: dict, theirs: dict) -> list[str]:
+    diffs = []
+    for k, v in theirs.items():
+        mine = ours.get(k)
+        if mine is None:
+            diffs.append(f"{k}: missing in camlab")
+        elif isinstance(v, np.ndarray):
+            if not np.array_equal(mine, v):
+                bad = np.nonzero(mine != v)[0]
+                diffs.append(f"{k}: {len(bad)} thresholds differ, e.g. index {bad[0]}: {mine[bad[0]]} vs {v[bad[0]]}")
+        elif mine != v:
+            diffs.append(f"{k}: camlab {mine!r} vs wsoleval {v!r}")
+    return diffs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--wsoleval", type=Path, required=True, help="a checkout of clovaai/wsolevaluation")
+    ap.add_argument("--n", type=int, default=200, help="maps per kind")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--rough-size", type=int, default=64, help="size of the noise and ties maps")
+    ap.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS)
+    ap.add_argument("--interval", type=float, default=0.01, help="threshold grid interval (theirs: np.arange(0, 1, .))")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    E = load_wsoleval(args.wsoleval)
+    grid = np.arange(0, 1, args.interval)
+    failed = False
+    for kind in args.kinds:
+        rng = np.random.default_rng([args.seed, KINDS.index(kind)])
+        size = args.rough_size if kind in ("noise", "ties") else args.size
+        maps = make_maps(kind, args.n, size, rng)
+        boxes, counts, masks = make_targets(maps, rng)
+        t0 = time.perf_counter()
+        theirs = wsoleval_results(E, maps, boxes, counts, masks, grid)
+        t1 = time.perf_counter()
+        ours = camlab_results(maps, boxes, counts, masks, grid)
+        t2 = time.perf_counter()
+        diffs = compare(ours, theirs)
+        summary = ", ".join(f"{k} {theirs[k]:.4f}" for k in ("MaxBoxAccV2/IoU30", "MaxBoxAccV2/IoU50",
+                                                             "MaxBoxAccV2/IoU70", "MaxBoxAcc/IoU50", "PxAP"))
+        status = "identical" if not diffs else f"{len(diffs)} DIFFERENCES"
+        print(f"{kind:9s} {args.n} maps {size}px: {status} ({summary}; wsoleval {t1 - t0:.1f} s, "
+              f"camlab {t2 - t1:.2f} s)", flush=True)
+        for d in diffs:
+            print("   ", d)
+        failed |= bool(diffs)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
