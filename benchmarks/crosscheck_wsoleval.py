@@ -11,7 +11,9 @@ the same score maps, boxes and masks to its evaluators and to :class:`camlab.met
   (MaxBoxAcc): the per-threshold correct counts and the best accuracies;
 * ``MaskEvaluator`` (PxAP): the value it returns;
 * GT-known loc (the CAM paper's protocol: largest contour at 0.2 of the map's max, IoU 50), which is its
-  ``BoxEvaluator`` with the single threshold 0.2.
+  ``BoxEvaluator`` with the single threshold 0.2;
+* and, outside the metrics, its OpenImages mask loading (``get_mask``: instance PNGs and an ignore PNG of any size,
+  resized to 224 x 224) against :class:`camlab.data.masks.MaskSpec` ``.render(224, 224)`` on ``--n`` random PNG sets.
 
 Its evaluators are built without their metadata files: the attributes their ``accumulate`` and ``compute`` read
 are set directly, and its module-level ``get_mask`` is replaced by a lookup of this script's masks. Its code uses
@@ -206,6 +208,36 @@ def compare(ours: dict, theirs: dict) -> list[str]:
     return diffs
 
 
+def check_masks(E, n: int, rng: np.random.Generator) -> list[str]:
+    """Its get_mask vs MaskSpec.render on n random sets of instance PNGs (+ one ignore PNG) of random sizes."""
+    import tempfile
+
+    from camlab.data.masks import MaskSpec
+
+    diffs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n):
+            w, h = (int(v) for v in rng.integers(20, 640, 2))
+            files = []
+            for g in range(int(rng.integers(1, 4))):
+                m = np.zeros((h, w), np.uint8)
+                x0, y0 = rng.integers(0, w - 1), rng.integers(0, h - 1)
+                x1, y1 = rng.integers(x0 + 1, w + 1), rng.integers(y0 + 1, h + 1)
+                m[y0:y1, x0:x1] = 255
+                if g == 0:  # ragged edges and stray grey values
+                    m[rng.random((h, w)) < 0.02] = rng.integers(1, 256)
+                files.append(f"{i}_{g}.png")
+                cv2.imwrite(f"{tmp}/{files[-1]}", m)
+            ign = np.zeros((h, w), np.uint8)
+            ign[: rng.integers(1, h), : rng.integers(1, w)] = 255
+            cv2.imwrite(f"{tmp}/{i}_ignore.png", ign)
+            theirs = E.get_mask(tmp, files, f"{i}_ignore.png")
+            ours = MaskSpec(files=tuple(f"{tmp}/{f}" for f in files), ignore_file=f"{tmp}/{i}_ignore.png").render(224, 224)
+            if theirs.dtype != ours.dtype or not np.array_equal(theirs, ours):
+                diffs.append(f"mask set {i} ({w}x{h}, {len(files)} instances): {int((theirs != ours).sum())} pixels differ")
+    return diffs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--wsoleval", type=Path, required=True, help="a checkout of clovaai/wsolevaluation")
@@ -215,6 +247,7 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS)
     ap.add_argument("--interval", type=float, default=0.01, help="threshold grid interval (theirs: np.arange(0, 1, .))")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-masks", action="store_true", help="skip the get_mask vs MaskSpec check")
     args = ap.parse_args()
     E = load_wsoleval(args.wsoleval)
     grid = np.arange(0, 1, args.interval)
@@ -238,6 +271,14 @@ def main() -> None:
         status = "identical" if not diffs else f"{len(diffs)} DIFFERENCES"
         print(f"{kind:9s} {args.n} maps {size}px: {status} ({summary}; wsoleval {t1 - t0:.1f} s, "
               f"camlab {t2 - t1:.2f} s)", flush=True)
+        for d in diffs:
+            print("   ", d)
+        failed |= bool(diffs)
+    if not args.skip_masks:
+        t0 = time.perf_counter()
+        diffs = check_masks(E, args.n, np.random.default_rng([args.seed, 99]))
+        print(f"masks     {args.n} PNG sets: {'identical' if not diffs else f'{len(diffs)} DIFFERENCES'} "
+              f"(get_mask vs MaskSpec.render at 224 x 224; {time.perf_counter() - t0:.1f} s)")
         for d in diffs:
             print("   ", d)
         failed |= bool(diffs)
