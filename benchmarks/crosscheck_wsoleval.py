@@ -12,6 +12,8 @@ the same score maps, boxes and masks to its evaluators and to :class:`camlab.met
 * ``MaskEvaluator`` (PxAP): the value it returns;
 * GT-known loc (the CAM paper's protocol: largest contour at 0.2 of the map's max, IoU 50), which is its
   ``BoxEvaluator`` with the single threshold 0.2;
+* its ``inference.normalize_scoremap`` against :func:`camlab.cam.minmax_normalize` on raw float64 and float32 maps
+  (scaled and shifted blobs, constant maps, maps with a NaN): bit for bit;
 * and, outside the metrics, its OpenImages mask loading (``get_mask``: instance PNGs and an ignore PNG of any size,
   resized to 224 x 224) against :class:`camlab.data.masks.MaskSpec` ``.render(224, 224)`` on ``--n`` random PNG sets.
 
@@ -208,6 +210,26 @@ def compare(ours: dict, theirs: dict) -> list[str]:
     return diffs
 
 
+def check_normalize(n: int, rng: np.random.Generator) -> list[str]:
+    """Its normalize_scoremap (in place, on a copy) vs minmax_normalize, float64 and float32 raw maps, bit for bit."""
+    from camlab.cam import minmax_normalize
+
+    inference = importlib.import_module("inference")
+    diffs = []
+    for dtype in (np.float64, np.float32):
+        raw = make_maps("cams", n, 64, rng).astype(dtype)
+        raw *= rng.uniform(1e-3, 1e3, (n, 1, 1)).astype(dtype)
+        raw -= rng.uniform(-50, 50, (n, 1, 1)).astype(dtype)
+        raw[0] = dtype(3.5)  # constant
+        raw[1, 5, 5] = np.nan
+        for i in range(n):
+            theirs = inference.normalize_scoremap(raw[i].copy())
+            ours = minmax_normalize(torch.from_numpy(raw[i][None].copy()))[0].numpy()
+            if theirs.dtype != ours.dtype or theirs.tobytes() != ours.tobytes():
+                diffs.append(f"{np.dtype(dtype).name} map {i}: {int((theirs != ours).sum())} values differ")
+    return diffs
+
+
 def check_masks(E, n: int, rng: np.random.Generator) -> list[str]:
     """Its get_mask vs MaskSpec.render on n random sets of instance PNGs (+ one ignore PNG) of random sizes."""
     import tempfile
@@ -274,6 +296,12 @@ def main() -> None:
         for d in diffs:
             print("   ", d)
         failed |= bool(diffs)
+    diffs = check_normalize(args.n, np.random.default_rng([args.seed, 98]))
+    print(f"normalize {args.n} raw maps, float64 and float32: {'identical' if not diffs else f'{len(diffs)} DIFFERENCES'}"
+          " (normalize_scoremap vs minmax_normalize, bit for bit)")
+    for d in diffs:
+        print("   ", d)
+    failed |= bool(diffs)
     if not args.skip_masks:
         t0 = time.perf_counter()
         diffs = check_masks(E, args.n, np.random.default_rng([args.seed, 99]))
