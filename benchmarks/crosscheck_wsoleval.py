@@ -14,6 +14,10 @@ the same score maps, boxes and masks to its evaluators and to :class:`camlab.met
   ``BoxEvaluator`` with the single threshold 0.2;
 * its ``inference.normalize_scoremap`` against :func:`camlab.cam.minmax_normalize` on raw float64 and float32 maps
   (scaled and shifted blobs, constant maps, maps with a NaN): bit for bit;
+* its metadata readers (``data_loaders.py``) against :func:`camlab.data.wsoleval.read_wsoleval` on the metadata files
+  in the checkout (CUB, ILSVRC, OpenImages; every split present): image order, class labels, boxes, image sizes, mask
+  and ignore paths; and its GT boxes at 224 px (``resize_bbox``) against camlab's eval path (``scale_boxes`` in
+  float64, then float32 in the batch, then ``int()`` in the metrics) for every box;
 * and, outside the metrics, its OpenImages mask loading (``get_mask``: instance PNGs and an ignore PNG of any size,
   resized to 224 x 224) against :class:`camlab.data.masks.MaskSpec` ``.render(224, 224)`` on ``--n`` random PNG sets.
 
@@ -230,6 +234,72 @@ def check_normalize(n: int, rng: np.random.Generator) -> list[str]:
     return diffs
 
 
+def check_metadata(E, root: Path) -> list[str]:
+    """Its metadata readers and resize_bbox vs read_wsoleval and camlab's eval box path, on the checkout's files."""
+    import tempfile
+
+    from camlab.data.transforms import scale_boxes
+    from camlab.data.wsoleval import WSOLEvalDataset, read_wsoleval
+    from camlab.localization import gt_boxes_to_int
+
+    D = importlib.import_module("data_loaders")
+    lines = []
+    with tempfile.TemporaryDirectory() as images:
+        for dataset in ("CUB", "ILSVRC", "OpenImages"):
+            for split in ("train", "val", "test"):
+                folder = root / "metadata" / dataset / split
+                try:
+                    md = D.configure_metadata(str(folder))
+                    ids = D.get_image_ids(md)
+                    labels = D.get_class_labels(md)
+                except (OSError, UnicodeDecodeError, ValueError):
+                    continue  # absent (or not fetched) in this checkout
+                loc = folder / "localization.txt"
+                has_loc = loc.is_file() and loc.stat().st_size > 0
+                try:
+                    records, _ = read_wsoleval(images, root / "metadata", dataset, split, mask_root=images)
+                except Exception as e:  # noqa: BLE001 - report, do not stop the other splits
+                    lines.append(f"{dataset}/{split}: camlab cannot read it: {e}")
+                    continue
+                diffs = []
+                if [r.path for r in records] != [f"{images}/{i}" for i in ids]:
+                    diffs.append("image order")
+                if [r.label for r in records] != [labels[i] for i in ids]:
+                    diffs.append("class labels")
+                n_boxes = 0
+                if has_loc and dataset != "OpenImages":
+                    boxes, sizes = D.get_bounding_boxes(md), D.get_image_sizes(md)
+                    # the records as the dataset keeps them (boxes clipped to the image; no image is opened)
+                    kept = WSOLEvalDataset(images, str(root / "metadata"), dataset, split, check_files=False).records
+                    if len(kept) != len(records):
+                        diffs.append(f"the dataset kept {len(kept)} of {len(records)} records")
+                    clipped = sum(not np.array_equal(a.boxes, b.boxes) for a, b in zip(kept, records))
+                    if clipped:
+                        diffs.append(f"{clipped} images have boxes clipped by the dataset")
+                    for r, i in zip(kept, ids):
+                        want = np.asarray(boxes.get(i, []), np.float64).reshape(-1, 4)
+                        if not np.array_equal(r.boxes, want) or tuple(r.size) != sizes[i]:
+                            diffs.append(f"boxes or size of {i}")
+                            break
+                        theirs = [E.resize_bbox(b, sizes[i], (224, 224)) for b in boxes.get(i, [])]
+                        ours = gt_boxes_to_int(torch.from_numpy(scale_boxes(r.boxes, r.size, (224, 224))).float())
+                        n_boxes += len(theirs)
+                        if ours.tolist() != [list(b) for b in theirs]:
+                            diffs.append(f"224 px GT boxes of {i}: {ours.tolist()} vs {theirs}")
+                            break
+                if has_loc and dataset == "OpenImages":
+                    masks, ignores = D.get_mask_paths(md)
+                    for r, i in zip(records, ids):
+                        files = tuple(f"{images}/{m}" for m in masks[i])
+                        ignore = f"{images}/{ignores[i]}" if ignores[i] else None
+                        if r.mask is None or r.mask.files != files or r.mask.ignore_file != ignore:
+                            diffs.append(f"mask paths of {i}")
+                            break
+                what = f"{len(ids)} images" + (f", {n_boxes} boxes at 224 px" if n_boxes else "")
+                lines.append(f"{dataset}/{split} ({what}): " + ("identical" if not diffs else "DIFFERENT: " + "; ".join(diffs)))
+    return lines
+
+
 def check_masks(E, n: int, rng: np.random.Generator) -> list[str]:
     """Its get_mask vs MaskSpec.render on n random sets of instance PNGs (+ one ignore PNG) of random sizes."""
     import tempfile
@@ -302,6 +372,10 @@ def main() -> None:
     for d in diffs:
         print("   ", d)
     failed |= bool(diffs)
+    if (args.wsoleval / "metadata").is_dir():
+        for line in check_metadata(E, args.wsoleval):
+            print("metadata ", line)
+            failed |= "identical" not in line
     if not args.skip_masks:
         t0 = time.perf_counter()
         diffs = check_masks(E, args.n, np.random.default_rng([args.seed, 99]))
