@@ -38,8 +38,11 @@ the thresholds); masks are the boxes, with an ignore band (255). The script exit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +50,11 @@ import cv2
 import numpy as np
 import torch
 
+from camlab.cam import minmax_normalize
+from camlab.data.masks import MaskSpec
+from camlab.data.transforms import scale_boxes
+from camlab.data.wsoleval import WSOLEvalDataset, read_wsoleval
+from camlab.localization import gt_boxes_to_int
 from camlab.metrics import WSOLMetrics
 
 KINDS = ("cams", "cams-f32", "noise", "ties", "edges")
@@ -174,8 +182,6 @@ def wsoleval_results(E, maps, boxes, counts, masks, grid):
     try:
         for i, m in enumerate(maps):
             mev.accumulate(m, i)
-        import contextlib
-        import io
         with contextlib.redirect_stdout(io.StringIO()):  # compute() prints its value
             out["PxAP"] = float(mev.compute())
     finally:
@@ -216,8 +222,6 @@ def compare(ours: dict, theirs: dict) -> list[str]:
 
 def check_normalize(n: int, rng: np.random.Generator) -> list[str]:
     """Its normalize_scoremap (in place, on a copy) vs minmax_normalize, float64 and float32 raw maps, bit for bit."""
-    from camlab.cam import minmax_normalize
-
     inference = importlib.import_module("inference")
     diffs = []
     for dtype in (np.float64, np.float32):
@@ -236,12 +240,6 @@ def check_normalize(n: int, rng: np.random.Generator) -> list[str]:
 
 def check_metadata(E, root: Path) -> list[str]:
     """Its metadata readers and resize_bbox vs read_wsoleval and camlab's eval box path, on the checkout's files."""
-    import tempfile
-
-    from camlab.data.transforms import scale_boxes
-    from camlab.data.wsoleval import WSOLEvalDataset, read_wsoleval
-    from camlab.localization import gt_boxes_to_int
-
     D = importlib.import_module("data_loaders")
     lines = []
     with tempfile.TemporaryDirectory() as images:
@@ -302,10 +300,6 @@ def check_metadata(E, root: Path) -> list[str]:
 
 def check_masks(E, n: int, rng: np.random.Generator) -> list[str]:
     """Its get_mask vs MaskSpec.render on n random sets of instance PNGs (+ one ignore PNG) of random sizes."""
-    import tempfile
-
-    from camlab.data.masks import MaskSpec
-
     diffs = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n):
