@@ -85,7 +85,11 @@ class CAMLocalization(L.Callback):
         self.cam_threshold = float(cam_threshold)
         self.iou_threshold = float(iou_threshold)
         self.grid_interval = float(grid_interval)
+        if not 0.0 < self.grid_interval < 1.0:
+            raise ValueError(f"grid_interval (the CAM threshold step) must be in (0, 1), e.g. 0.01; got {grid_interval}")
         self.iou_thresholds = tuple(int(v) for v in iou_thresholds)
+        if not self.iou_thresholds or any(not 0 < k <= 100 for k in self.iou_thresholds):
+            raise ValueError(f"iou_thresholds must be percents in (0, 100], e.g. [30, 50, 70]; got {list(iou_thresholds)}")
         self.num_overlays = int(num_overlays)
         self.output_dir = Path(output_dir) if output_dir else None
         self.log_images = log_images

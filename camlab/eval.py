@@ -52,6 +52,9 @@ def build_model(cfg: DictConfig) -> tuple[Any, str | None, str]:
         contents = read_checkpoint(ckpt)
         if is_camlab_checkpoint(contents):
             return load_checkpoint(ckpt, contents), None, f"checkpoint {ckpt} (model from its stored run config)"
+        if not (isinstance(contents, dict) and isinstance(contents.get("state_dict"), dict)):
+            raise ConfigError(f"ckpt_path '{ckpt}' is not a Lightning/camlab checkpoint (no 'state_dict' entry); "
+                              f"for a torchvision state dict pass torchvision.arch=<arch> torchvision.weights={ckpt}")
     model = instantiate(cfg.model, _convert_="partial")
     return model, str(ckpt), f"checkpoint {ckpt} (model from the composed backbone/model config)"
 

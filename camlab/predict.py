@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -107,11 +108,16 @@ def predict(model: Any, paths: Sequence[Path], out_dir: Path, topk: int = 3, thr
     from camlab.localization import scoremap_to_uint8
     from camlab.viz import render_prediction
 
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     spec = model.input_spec
     names = list(getattr(model, "class_names", None) or spec.class_names or range(model.num_classes))
     k = max(1, min(int(topk), model.num_classes))
     model = model.to(device).eval()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file in the way, no permission, ...
+        raise PredictError(f"cannot create the --out directory {out_dir}: {err.strerror or err}") from None
     used: set[str] = set()
     entries = []
     for start in range(0, len(paths), batch_size):
@@ -163,6 +169,95 @@ def _raw_cams(model: Any, features, classes, method: str):
     return compute_cams(model, features, classes, method)
 
 
+def _positive_int(value: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the option in its error)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got '{value}'") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+DEVICE_EXAMPLES = "auto, cpu, cuda, cuda:0, cuda:1, mps"
+
+
+def _device(value: str) -> str:
+    """argparse type: ``auto`` or a device string torch parses (availability is checked in :func:`run`)."""
+    if value == "auto":
+        return value
+    import torch
+
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"'{value}' is not a torch device; use one of {DEVICE_EXAMPLES}") from None
+    if dev.type == "meta":
+        raise argparse.ArgumentTypeError(f"'{value}' holds no data; use one of {DEVICE_EXAMPLES}")
+    return value
+
+
+def _check_device(device: str) -> str:
+    """``auto`` -> cuda or cpu; else the device if this machine has it, or a :class:`PredictError`."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):  # parse_args checks it; run() may be given a Namespace built in Python
+        raise PredictError(f"--device {device} is not a torch device; use one of {DEVICE_EXAMPLES}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PredictError(f"--device {device}: CUDA is not available here (use --device cpu)")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise PredictError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    elif dev.type != "cpu":
+        try:
+            torch.empty(1, device=dev)
+        except Exception:  # noqa: BLE001 - backends fail with RuntimeError, NotImplementedError, AssertionError
+            raise PredictError(f"--device {device}: no usable {dev.type} device here (use --device cpu"
+                               f"{' or cuda' if torch.cuda.is_available() else ''})") from None
+    return device
+
+
+def _check_out_dir(out: Path) -> None:
+    """``--out`` must be a directory or creatable as one: no existing file at it or at any of its parents."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is an existing file" if p == out else f"is inside {p}, an existing file"
+                raise PredictError(f"--out {out} {what}, not a directory: give a directory path (created if missing)")
+            return
+
+
+def _first_line(err: BaseException, limit: int = 200) -> str:
+    text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    text = text if len(text) <= limit else text[:limit] + " ..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _load_model(source: str, args: argparse.Namespace) -> Any:
+    """:func:`load_cam_model`, with an unreadable model file as a one-line :class:`PredictError` naming it."""
+    from camlab.models.pretrained import load_cam_model
+
+    try:
+        return load_cam_model(source, torchvision_arch=args.torchvision, class_names=args.class_names,
+                              image_size=args.image_size)
+    except UnicodeDecodeError as err:  # a ValueError whose text names no file
+        what = f"--class-names file {args.class_names}" if args.class_names else f"model file {source}"
+        raise PredictError(f"cannot read {what}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except (ValueError, FileNotFoundError):
+        raise  # camlab's own messages (ConfigError included) name the file: printed as they are
+    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ImportError, AttributeError) as err:
+        hint = (f"is it a torchvision {args.torchvision} state dict?" if args.torchvision
+                else "is it a camlab .ckpt or a state dict (with --torchvision ARCH --weights)?")
+        kind = "weights" if args.torchvision else "checkpoint"
+        raise PredictError(f"cannot read {kind} {source}: {_first_line(err)}; {hint}") from None
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     from camlab.cam_methods import METHODS
 
@@ -186,18 +281,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--topk", type=int, default=3, help="classes reported per image (default 3)")
     p.add_argument("--threshold", type=float, default=0.2, help="CAM threshold, fraction of the map's max "
                    "(default 0.2)")
-    p.add_argument("--image-size", type=int, help="input side (default: the model's training size)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--image-size", type=_positive_int, help="input side (default: the model's training size)")
+    p.add_argument("--device", type=_device, default="auto", help="cpu, cuda, cuda:1, mps, ... or auto (default: "
+                   "cuda if available, else cpu)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--cam-method", default="cam", choices=METHODS, help="how maps are built (default cam)")
     return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
-    from camlab.models.pretrained import load_cam_model
-
     inputs = list(args.inputs)
     source = args.weights or args.ckpt
     if args.torchvision and not args.weights:
@@ -213,14 +305,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise PredictError(f"--threshold must be in [0, 1), got {args.threshold}")
     if args.topk < 1:
         raise PredictError(f"--topk must be >= 1, got {args.topk}")
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device.startswith("cuda") and not torch.cuda.is_available():
-        raise PredictError(f"--device {device}: CUDA is not available here (use --device cpu)")
+    if args.batch_size < 1:  # parse_args checks it; run() may be given a Namespace built in Python
+        raise PredictError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.image_size is not None and args.image_size < 1:
+        raise PredictError(f"--image-size must be >= 1, got {args.image_size}")
+    device = _check_device(args.device)
+    _check_out_dir(Path(args.out))
     paths = list_images(inputs)
-    model = load_cam_model(source, torchvision_arch=args.torchvision, class_names=args.class_names,
-                           image_size=args.image_size)
+    model = _load_model(source, args)
     model.source = str(source)
     doc = predict(model, paths, Path(args.out), topk=args.topk, threshold=args.threshold, device=device,
                   batch_size=args.batch_size, cam_method=args.cam_method)
@@ -236,7 +328,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except PredictError as err:
         raise SystemExit(f"camlab: error: {err}") from None
     except (ValueError, FileNotFoundError) as err:  # bad model file, class names, ...: messages name the file
-        raise SystemExit(f"camlab: error: {err}") from None
+        text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())  # one line
+        raise SystemExit(f"camlab: error: {text}") from None
 
 
 if __name__ == "__main__":

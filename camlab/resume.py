@@ -82,3 +82,36 @@ class RandomStateCheckpoint(L.Callback):
         dist = torch.distributed.is_available() and torch.distributed.is_initialized()
         rank = torch.distributed.get_rank() if dist else 0
         set_global_rng_state(ranks[rank] if rank < len(ranks) else ranks[0])
+
+
+class FailureCheckpoint(L.Callback):
+    """When training stops on an error (bad data met mid-epoch, a wrong ``optimized_metric``, Ctrl-C), save the
+    state reached to ``<dirpath>/on_exception.ckpt`` so the work is not lost: fix the cause, then continue with
+    ``ckpt_path=<that file>``.
+
+    Only single-process runs: saving gathers every rank's random state, and under DDP the other ranks may be
+    stuck in a collective, so a save there could hang; DDP runs keep their ``last.ckpt`` of the last epoch.
+    Nothing is saved before the first optimizer step, or outside ``fit``.
+    """
+
+    def __init__(self, dirpath: str | Path, filename: str = "on_exception") -> None:
+        super().__init__()
+        self.path = Path(dirpath) / f"{filename}.ckpt"
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        import logging
+
+        log = logging.getLogger("camlab.resume")
+        if trainer.state.fn != "fit" or trainer.global_step == 0:
+            return
+        if trainer.world_size > 1:
+            log.warning("the run failed under DDP: its state is not saved at the failure (a save there could "
+                        "hang); resume from the last epoch's checkpoint")
+            return
+        try:
+            trainer.save_checkpoint(self.path)
+        except Exception as err:  # noqa: BLE001 - never hide the original error behind a failed save
+            log.warning("the run failed and its state could not be saved to %s (%s)", self.path, err)
+            return
+        log.warning("the run failed after %d optimizer step(s); its state is saved in %s: once the cause is "
+                    "fixed, continue with ckpt_path=%s", trainer.global_step, self.path, self.path)

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from camlab.resume import last_checkpoint
 from camlab.utils import (
+    ConfigError,
     configure_process,
     configure_wandb,
     instantiate_group,
@@ -35,6 +36,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     rank = int(os.environ.get("LOCAL_RANK", 0))
     log.info("rank %d overrides: %s", rank, " ".join(HydraConfig.get().overrides.task))
+    check_run_numbers(cfg)
     seed = L.seed_everything(cfg.seed, workers=True)  # recorded: logged here and in every logger's hparams
     log.info("seed %d", seed)
     configure_process(cfg)  # glibc malloc tuning (tune_malloc), CPU matmul precision
@@ -52,17 +54,31 @@ def train(cfg: DictConfig) -> dict[str, float]:
         lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "seed": seed})
 
     ckpt_path = resolve_ckpt_path(cfg)
+    where = "ckpt_path"
     if ckpt_path is None and cfg.get("train", True):
         # A reused run dir (hydra.run.dir=<old run>, a requeued SLURM job) continues from its last checkpoint.
         ckpt_path = last_checkpoint(cfg.paths.checkpoint_dir)
+        where = "this run dir's last checkpoint"
         if ckpt_path:
             log.info("resuming from %s (this run dir already has a last checkpoint)", ckpt_path)
-    if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    else:
-        if ckpt_path is None:
-            log.warning("train=false and no ckpt_path: validating randomly initialised weights")
-        trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    if ckpt_path:
+        check_checkpoint_file(ckpt_path, where)
+    if cfg.get("train", True) and cfg.trainer.get("max_epochs") == 0:
+        log.warning("trainer.max_epochs=0: nothing is trained (the test, if any, runs on the initial weights)")
+    try:
+        if cfg.get("train", True):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        else:
+            if ckpt_path is None:
+                log.warning("train=false and no ckpt_path: validating randomly initialised weights")
+            trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except RuntimeError as err:
+        if not ckpt_path or "Error(s) in loading state_dict" not in str(err):
+            raise
+        first = " ".join(str(err).split())[:300]
+        raise ConfigError(f"{where} '{ckpt_path}' does not fit the model composed now: run with the overrides of "
+                          f"the run that wrote it (backbone, data.num_classes, model ...), or start a new run dir "
+                          f"({first} ...)") from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
     if cfg.get("test", False):
@@ -73,6 +89,33 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     print_run_summary(cfg, trainer, metrics)
     return metrics
+
+
+def check_run_numbers(cfg: DictConfig) -> None:
+    """Integers the run needs before anything is built: ``seed``, ``trainer.max_epochs``/``max_steps``."""
+    checks = [("seed", cfg.get("seed"))]
+    trainer = cfg.get("trainer") or {}
+    checks += [(f"trainer.{k}", trainer.get(k)) for k in ("max_epochs", "max_steps")]
+    for key, value in checks:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if key.startswith("trainer.") and value is not None and value < -1:
+            raise ConfigError(f"{key} must be >= -1 (-1: no limit), got {value}")
+
+
+def check_checkpoint_file(path: str, where: str = "ckpt_path") -> None:
+    """A checkpoint Lightning will restore must be a complete torch zip file: a truncated or foreign file is a
+    one-line error naming it (cheap: reads the zip's central directory, not the tensors)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ConfigError(f"{where} '{path}' is not a complete checkpoint (truncated, or not a torch .ckpt: {err}); "
+                          f"pass another file, or delete it to start over") from None
+    if not any(n.endswith("data.pkl") for n in names):
+        raise ConfigError(f"{where} '{path}' is a zip file but not a torch checkpoint (no data.pkl)")
 
 
 @hydra.main(version_base="1.3", config_path="pkg://camlab.conf", config_name="train")

@@ -151,8 +151,61 @@ def heap_refault_demo(rounds: int = 4) -> tuple[int, int] | None:
     return faults[0], faults[1]
 
 
+def _raised_in_camlab(err: BaseException) -> bool:
+    """Whether the innermost Python frame of ``err``'s traceback is camlab's own code (a deliberate check)."""
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(Path(__file__).resolve().parent)
+
+
+def _unwrap_worker_message(err: BaseException, text: str) -> str:
+    """A DataLoader worker's error re-raised in the main process carries the worker's whole traceback in its
+    message ("Caught DataError in DataLoader worker process 0. Original Traceback ..."); keep its last part."""
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return text
+    lines = text.splitlines()
+    cls = type(err)
+    prefixes = (f"{cls.__module__}.{cls.__qualname__}: ", f"{cls.__qualname__}: ")
+    for i in range(len(lines) - 1, -1, -1):
+        for prefix in prefixes:
+            if lines[i].startswith(prefix):
+                return "\n".join([lines[i][len(prefix):], *lines[i + 1:]]).strip()
+    return lines[-1].strip()
+
+
+def _library_user_error(err: BaseException) -> str | None:
+    """Errors of libraries (not camlab) that are about the user's setup, with what to do."""
+    cls, text = type(err), str(err).strip()
+    module = cls.__module__ or ""
+    if cls.__name__ == "MissingMandatoryValue" and module.startswith("omegaconf"):
+        key = text.rsplit("full_key:", 1)[1].split()[0] if "full_key:" in text else "?"
+        return f"config key '{key}' has no value (??? in the config): set it on the command line, e.g. {key}=..."
+    if cls.__name__ == "MisconfigurationException":
+        first = " ".join(line.strip() for line in text.splitlines() if line.strip())
+        if "could not find the monitored key" in first:
+            first = first.split(" HINT:")[0] + " Set optimized_metric (the checkpoint's monitor) to one of them."
+        if "gpu" in first.lower() and ("no supported" in first.lower() or "not available" in first.lower()):
+            first += " (this machine has no usable GPU: run on the CPU with trainer=cpu)"
+        return first
+    if module.startswith("wandb"):
+        first = (text.splitlines()[0] if text else cls.__name__).rstrip(". ")
+        return (f"Weights & Biases: {first}. Log in (`wandb login` or WANDB_API_KEY), or run without the "
+                f"network: WANDB_MODE=offline (sync later with `wandb sync`) or logger=csv")
+    return None
+
+
 def describe_error(err: BaseException) -> str | None:
-    """A one-line description of a user-fixable error (unwrapping Hydra's InstantiationException), else None."""
+    """A one-line description of a user-fixable error, else None (the caller shows the traceback).
+
+    User-fixable: :class:`ConfigError` (and :class:`~camlab.data.records.DataError`); a ``ValueError`` /
+    ``TypeError`` / ``KeyError`` / ``FileNotFoundError`` raised while Hydra instantiated a config node (the key
+    is named); a ``ValueError`` raised by camlab's own checks (innermost frame in camlab); a DataLoader worker's
+    re-raised error of those kinds; a few library errors about the user's setup (a ``???`` config value,
+    Lightning's ``MisconfigurationException``, W&B login/network errors).
+    """
     from hydra.errors import InstantiationException
 
     key = None
@@ -166,13 +219,15 @@ def describe_error(err: BaseException) -> str | None:
             first = msg.strip().splitlines()
             return " ".join(line.strip() for line in first if line.strip())
         root = root.__cause__
-    if isinstance(root, ConfigError) or (root is not err and isinstance(root, USER_ERRORS)):
+    where = f" (config key '{key}')" if key else ""
+    if (isinstance(root, ConfigError) or (root is not err and isinstance(root, USER_ERRORS))
+            or (type(root) is ValueError and _raised_in_camlab(root))):
         text = str(root.args[0]) if isinstance(root, KeyError) and root.args else str(root)
-        where = f" (config key '{key}')" if key else ""
-        return f"{text}{where}"
+        return f"{_unwrap_worker_message(root, text)}{where}"
     if isinstance(root, FileNotFoundError):
         return str(root)
-    return None
+    library = _library_user_error(root)
+    return None if library is None else f"{library}{where}"
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
@@ -293,18 +348,17 @@ def run_app(module: str, fn: Any, cfg: DictConfig) -> Any:
     """Run an entry point's body ``fn(cfg)`` as every camlab console script does; return its result.
 
     DDP child processes re-run ``python -m <module>``; bad input (:class:`ConfigError`, or a library error
-    :func:`describe_error` recognises) ends the process with one ``camlab: error: ...`` line and no traceback;
+    :func:`describe_error` recognises) ends the process with one ``camlab: error: ...`` line and no traceback
+    (``HYDRA_FULL_ERROR=1`` shows the traceback);
     W&B runs are finished and the process group destroyed however ``fn`` ends.
     """
     quiet_duplicate_lightning_logs()
     install_ddp_child_command(module)
     try:
         return fn(cfg)
-    except ConfigError as err:
-        raise SystemExit(f"camlab: error: {err}") from None
     except Exception as err:  # noqa: BLE001
         message = describe_error(err)
-        if message is None:
+        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         raise SystemExit(f"camlab: error: {message}") from None
     finally:

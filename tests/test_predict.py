@@ -86,3 +86,102 @@ def test_bad_inputs_are_clear_errors(trained, tmp_path):
     for argv, pattern in cases:
         with pytest.raises(SystemExit, match=f"camlab: error: .*{pattern}"):
             main([*argv, "--out", str(tmp_path / "o")])
+
+
+# ---- bad options and model files: one `camlab: error:` / argparse line naming the culprit, never a traceback ----
+def _argparse_error(capsys, argv: list[str]) -> str:
+    """Run main(argv), expecting argparse's usage error (exit 2); return its stderr."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("value", ["-2", "0"])
+def test_batch_size_below_one_is_refused_not_a_silent_empty_run(trained, images, tmp_path, capsys, value):
+    out = tmp_path / "o"
+    err = _argparse_error(capsys, [str(trained["ckpt"]), str(images[0]), "--out", str(out), "--batch-size", value])
+    assert f"argument --batch-size: must be >= 1, got {int(value)}" in err
+    assert not out.exists()  # nothing written (before: exit 0 with "images": [])
+
+
+def test_unknown_device_names_the_flag_and_lists_examples(trained, images, tmp_path, capsys):
+    err = _argparse_error(capsys, [str(trained["ckpt"]), str(images[0]), "--out", str(tmp_path / "o"),
+                                   "--device", "gpu"])
+    assert "argument --device: 'gpu' is not a torch device" in err and "cuda:1" in err and "cpu" in err
+
+
+def test_device_strings_torch_accepts_pass_the_parser():
+    from camlab.predict import parse_args
+
+    for value in ("auto", "cpu", "cpu:0", "cuda", "cuda:1", "mps"):
+        assert parse_args(["m.ckpt", "x.png", "--device", value]).device == value
+
+
+def test_out_naming_an_existing_file_is_a_clear_error(trained, images, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    for out in (afile, afile / "sub"):
+        with pytest.raises(SystemExit) as exc:
+            main([str(trained["ckpt"]), str(images[0]), "--out", str(out), "--device", "cpu"])
+        message = str(exc.value.code)
+        assert message.startswith(f"camlab: error: --out {out} ") and "not a directory" in message
+        assert "Traceback" not in capsys.readouterr().err
+    assert afile.read_text() == "keep me"
+
+
+def test_image_size_zero_names_the_flag(trained, images, tmp_path, capsys):
+    err = _argparse_error(capsys, [str(trained["ckpt"]), str(images[0]), "--out", str(tmp_path / "o"),
+                                   "--image-size", "0"])
+    assert "argument --image-size: must be >= 1, got 0" in err
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "image"])
+def test_unreadable_model_file_is_one_line_naming_it(trained, images, tmp_path, capsys, kind):
+    folder = images[0]
+    if kind == "truncated":
+        model = tmp_path / "trunc.ckpt"
+        data = trained["ckpt"].read_bytes()
+        model.write_bytes(data[: len(data) // 2])
+    elif kind == "garbage":
+        model = tmp_path / "garbage.ckpt"
+        model.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    else:
+        model = folder / "val0.png"
+    with pytest.raises(SystemExit) as exc:
+        main([str(model), str(folder), "--out", str(tmp_path / "o"), "--device", "cpu"])
+    message = str(exc.value.code)
+    assert message.startswith("camlab: error: ") and str(model) in message and "\n" not in message
+    assert "Traceback" not in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_raw_torch_load_errors_are_wrapped_naming_the_file(trained, images, tmp_path, monkeypatch):
+    """Whatever torch.load raises for a foreign file (not only camlab's ConfigError) becomes one line."""
+    import pickle
+
+    import camlab.models.pretrained as pretrained
+
+    errors = [RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory\n"
+                           "frame #0: c10::Error ..."), pickle.UnpicklingError("invalid load key, '\\xff'."),
+              EOFError("Ran out of input")]
+    for error in errors:
+        def fail(*args, _error=error, **kwargs):
+            raise _error
+        monkeypatch.setattr(pretrained, "load_cam_model", fail)
+        with pytest.raises(SystemExit) as exc:
+            main([str(trained["ckpt"]), str(images[0]), "--out", str(tmp_path / "o"), "--device", "cpu"])
+        message = str(exc.value.code)
+        first = str(error).splitlines()[0]
+        assert message == (f"camlab: error: cannot read checkpoint {trained['ckpt']}: {type(error).__name__}: "
+                           f"{first}; is it a camlab .ckpt or a state dict (with --torchvision ARCH --weights)?")
+
+
+def test_class_names_file_not_utf8_names_it(trained, images, tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_bytes(b"cat\n\xff\xfe\x97dog\n")
+    with pytest.raises(SystemExit, match=f"camlab: error: cannot read --class-names file {names}: not UTF-8"):
+        main([str(trained["ckpt"]), str(images[0]), "--out", str(tmp_path / "o"), "--device", "cpu",
+              "--class-names", str(names)])

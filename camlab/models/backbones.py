@@ -42,6 +42,7 @@ __all__ = [
     "available_backbones",
     "create_backbone",
     "load_state_dict_file",
+    "load_torch_file",
     "register_backbone",
 ]
 
@@ -364,6 +365,36 @@ def _hub_checkpoints_dir() -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints")
 
 
+def load_torch_file(path: str | os.PathLike, what: str) -> object:
+    """``torch.load`` of a local file on the CPU: weights-only first, a full unpickle only when the file is a
+    valid torch file that holds other objects (a Lightning checkpoint's hyper-parameters; the user named this
+    local file, and a warning says so). An unreadable file (truncated, not a torch file) is a one-line
+    :class:`~camlab.utils.ConfigError` naming it; ``what`` names the role of the file in that message."""
+    from camlab.utils import ConfigError
+
+    path = os.fspath(path)
+
+    def unreadable(err: BaseException) -> ConfigError:
+        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        return ConfigError(f"cannot read {what} '{path}': not a complete torch file (torch.save / a Lightning "
+                           f".ckpt); is it truncated or another kind of file? ({type(err).__name__}: {reason})")
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only load failed" not in str(err).lower():
+            raise unreadable(err) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
+        raise unreadable(err) from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any failure of a full unpickle is an unreadable file here
+        raise unreadable(err) from None
+    warnings.warn(f"'{path}' is not loadable with weights_only=True; unpickled it fully (trusted file)",
+                  stacklevel=3)
+    return obj
+
+
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     """Load a state dict from a local ``.pth``/``.pt``/``.ckpt`` file (never downloads).
 
@@ -376,14 +407,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
             f"pretrained weights file '{path}' not found; pass pretrained=false, a local state-dict path, "
             f"or a torchvision weights name already in the torch cache ({_hub_checkpoints_dir()})"
         )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Lightning checkpoints may pickle hyper-parameters (e.g. DictConfig): the user named this
-        # local file explicitly, so fall back to a full unpickle, loudly.
-        warnings.warn(f"'{path}' is not loadable with weights_only=True; unpickling it fully (trusted file)",
-                      stacklevel=2)
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = load_torch_file(path, "pretrained weights file")
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.classification import MulticlassAccuracy
 
 from camlab.cam import class_activation_maps
+from camlab.utils import ConfigError
 
 POOLS = ("gap", "gmp")
 
@@ -149,7 +150,12 @@ class CAMClassifier(L.LightningModule):
             {"params": [p for p in self.backbone.parameters() if p.requires_grad], "name": "backbone"},
             {"params": list(self.head.parameters()), "name": "head"},
         ]
-        optimizer = self.optimizer_factory(groups)
+        try:
+            optimizer = self.optimizer_factory(groups)
+        except (TypeError, ValueError) as err:  # e.g. model.optimizer.lr=abc or a negative lr
+            name = getattr(getattr(self.optimizer_factory, "func", None), "__name__", "the optimizer")
+            raise ConfigError(f"model.optimizer: {name} rejects its arguments: {err} (check model.optimizer.lr, "
+                              f"weight_decay, momentum ...)") from None
         if self.head_lr_mult != 1.0:
             optimizer.param_groups[1]["lr"] *= self.head_lr_mult
             optimizer.param_groups[1]["initial_lr"] = optimizer.param_groups[1]["lr"]

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import pickle
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -42,7 +41,7 @@ import torch
 import torchvision.models as tvm
 from torch import Tensor, nn
 
-from camlab.models.backbones import Backbone, load_state_dict_file
+from camlab.models.backbones import Backbone, load_state_dict_file, load_torch_file
 from camlab.models.classifier import CAMClassifier
 
 __all__ = [
@@ -225,6 +224,7 @@ def from_torchvision(arch: str, weights_path: str | os.PathLike,
     except RuntimeError as err:
         first = str(err).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:3])
+        detail = detail if len(detail) <= 300 else detail[:300] + " ..."  # key lists run to kilobytes
         raise ValueError(f"'{weights_path}' does not fit torchvision {arch}: {detail}") from None
     return cam_model_from_torchvision_module(net, arch, class_names=class_names, image_size=image_size)
 
@@ -268,12 +268,9 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint '{path}' not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # camlab checkpoints hold plain containers, but a Lightning checkpoint may pickle other objects;
-        # the user named this local file explicitly.
-        return torch.load(path, map_location="cpu", weights_only=False)
+    # camlab checkpoints hold plain containers, but a Lightning checkpoint may pickle other objects; the user
+    # named this local file explicitly. A truncated or foreign file is a one-line ConfigError naming it.
+    return load_torch_file(path, "checkpoint")
 
 
 def is_camlab_checkpoint(obj: Any) -> bool:
