@@ -241,6 +241,9 @@ def read_job(job_dir: Path, label: str, sort: str, ascending: bool, later_job_ex
             job.series = read_metrics(metrics_file)
         except Exception as err:  # noqa: BLE001
             problems.append(f"unreadable csv/metrics.csv ({err})")
+        else:
+            if not job.series:  # a header only (killed before the first log) or an empty file
+                problems.append("no metrics in csv/metrics.csv (no value logged)")
     else:
         problems.append("no csv/metrics.csv")
     for key, values in job.series.items():

@@ -216,13 +216,18 @@ def make_coco(root: Path, specs: list[Spec] = SPECS) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- CSV
-def make_csv(root: Path, names: bool = True, header: bool = True, specs: list[Spec] = SPECS) -> Path:
-    """images/*.png + labels.csv (class names or indices; repeated rows for several boxes; split column)."""
-    rows = ["path,label,x0,y0,x1,y1,split\n"] if header else []
+def make_csv(root: Path, names: bool = True, header: bool = True, specs: list[Spec] = SPECS,
+             masks: bool = False) -> Path:
+    """images/*.png + labels.csv (class names or indices; repeated rows for several boxes; split column;
+    with ``masks`` a mask column naming masks/<name>.png, the union of the patches, 255 = object)."""
+    rows = [f"path,label,x0,y0,x1,y1,split{',mask' if masks else ''}\n"] if header else []
     for s in specs:
         save(draw(s), root / "images" / f"{s.name}.png")
+        if masks:
+            save(np.maximum.reduce(instance_masks(s)), root / "masks" / f"{s.name}.png")
         label = CLASSES[s.label] if names else str(s.label)
+        extra = (f",{s.split}" + (f",masks/{s.name}.png" if masks else "")) if header else ""
         for x0, y0, x1, y1 in s.patches:
-            rows.append(f"images/{s.name}.png,{label},{x0},{y0},{x1},{y1}" + (f",{s.split}\n" if header else "\n"))
+            rows.append(f"images/{s.name}.png,{label},{x0},{y0},{x1},{y1}{extra}\n")
     (root / "labels.csv").write_text("".join(rows))
     return root

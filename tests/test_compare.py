@@ -142,3 +142,23 @@ def test_a_dir_of_sweeps_names_one(tmp_path):
     (job / ".hydra").mkdir(parents=True)
     res = compare([tmp_path / "multiruns"], cwd=tmp_path)
     assert res.returncode == 2 and "pass one of them" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_job_whose_metrics_csv_has_no_values_is_flagged_not_finished(tmp_path, capsys):
+    header = "epoch,step,train/loss,val/acc,val/loc/MaxBoxAccV2\n"
+    good, bad, empty = (tmp_path / name / "csv" for name in ("good", "badrun", "emptyrun"))
+    for d in (good, bad, empty):
+        d.mkdir(parents=True)
+    (good / "metrics.csv").write_text(header + "0,3,,0.75,61.5\n")
+    (bad / "metrics.csv").write_text(header)  # killed before the first log: a header only
+    (empty / "metrics.csv").write_text("")
+    paths = [str(p.parent) for p in (good, bad, empty)]
+    compare_main([*paths, "--out", str(tmp_path / "out"), "--running-window", "0"])
+    rows = {r["job"]: r for r in csv.DictReader((tmp_path / "out" / "comparison.csv").open())}
+    assert rows["good"]["status"] == "finished" and rows["good"]["val/acc"] == "0.75"
+    for job in ("badrun", "emptyrun"):
+        assert rows[job]["status"] == "failed", rows[job]
+        assert "no metrics in csv/metrics.csv" in rows[job]["note"], rows[job]
+    assert "job badrun: failed: no metrics in csv/metrics.csv" in capsys.readouterr().out
+    compare_main([*paths, "--no-files"])  # just written: within the running window, never 'finished'
+    assert "job badrun: running: no metrics in csv/metrics.csv" in capsys.readouterr().out

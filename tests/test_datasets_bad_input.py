@@ -2,6 +2,7 @@
 class id out of range. Each gives one message naming what is wrong, or a counted, reported fix-up."""
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 
@@ -213,3 +214,190 @@ def test_eval_split_image_without_box_or_mask_is_an_error(tree):
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     with pytest.raises(DataError, match=r"c1\.png .* has no box"):
         CSVDataset(str(root), "labels.csv", "test", num_classes=3, **KW)
+
+
+# ------------------------------------------------------------------------------------------------- masks
+def _csv_with_masks(tmp_path):
+    return fx.make_csv(tmp_path / "csvm", masks=True)
+
+
+def test_unreadable_mask_fails_at_setup_naming_it(tmp_path):
+    root = _csv_with_masks(tmp_path)
+    bad = root / "masks" / "a1.png"  # a val image's mask: garbage bytes
+    bad.write_bytes(b"this is not a PNG")
+    with pytest.raises(DataError) as err:
+        CSVDataset(str(root), "labels.csv", "val", num_classes=3, **KW)
+    msg = str(err.value)
+    assert f"cannot read mask file {bad}" in msg and "a1.png" in msg and "data.masks=false" in msg, msg
+    CSVDataset(str(root), "labels.csv", "train", num_classes=3, **KW)  # train loads no mask ('auto'): not read
+
+
+def test_mask_that_fails_to_decode_while_loading_is_a_data_error(tmp_path):
+    root = _csv_with_masks(tmp_path)
+    bad = root / "masks" / "b1.png"
+    bad.write_bytes(bad.read_bytes()[:50])  # the header reads (set-up passes), the pixels do not
+    ds = CSVDataset(str(root), "labels.csv", "val", num_classes=3, **KW)
+    index = [r.path for r in ds.records].index(str(root / "images" / "b1.png"))
+    with pytest.raises(DataError, match=f"cannot read mask file {bad}.*data.masks=false"):
+        ds[index]
+
+
+def _resize_png(path, size):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.resize(size, Image.NEAREST).save(path)
+
+
+def test_mask_size_differing_from_its_image_is_warned_once_with_the_count(tmp_path, caplog):
+    root = _csv_with_masks(tmp_path)
+    _resize_png(root / "masks" / "a1.png", (18, 15))  # a1 is 36x30: half size
+    _resize_png(root / "masks" / "b1.png", (50, 30))  # b1 is 30x50: transposed
+    with caplog.at_level(logging.WARNING, logger="camlab.data"):
+        ds = CSVDataset(str(root), "labels.csv", "val", num_classes=3, **KW)
+    warnings = [r.message for r in caplog.records if "differ in size" in r.message]
+    assert len(warnings) == 1, warnings
+    assert "2 mask(s) differ in size from their image" in warnings[0]
+    assert f"{root / 'masks' / 'a1.png'} is 18x15 but {root / 'images' / 'a1.png'} is 36x30" in warnings[0]
+    assert ds.report()["mask_size_mismatch"] == 2
+    assert ds[0]["mask"].shape == (KW["image_size"],) * 2  # still loads: stretched, as wsolevaluation does
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="camlab.data"):
+        ds = CSVDataset(str(root), "labels.csv", "test", num_classes=3, **KW)  # masks of the right size
+    assert ds.report()["mask_size_mismatch"] == 0 and not [r for r in caplog.records if "differ" in r.message]
+
+
+def test_openimages_masks_of_another_size_are_the_benchmark_convention_not_warned(tmp_path, caplog):
+    data, meta = fx.make_wsoleval(tmp_path / "oi", "OpenImages")
+    mask = next(data.rglob("test/*/*_m0.png"))
+    _resize_png(mask, (20, 20))
+    with caplog.at_level(logging.WARNING, logger="camlab.data"):
+        ds = WSOLEvalDataset(str(data), str(meta), "OpenImages", "test", num_classes=3, **KW)
+    assert ds.use_masks and ds.report()["mask_size_mismatch"] == 0
+    assert not [r for r in caplog.records if "differ in size" in r.message]
+
+
+def test_coco_rle_of_the_wrong_size_or_malformed(tree, caplog):
+    import json
+
+    root = tree("coco")
+    data = json.loads((root / "annotations.json").read_text())
+    test_ids = {img["id"] for img in data["images"] if img["split"] == "test"}
+    rles = [a for a in data["annotations"] if a["image_id"] in test_ids and isinstance(a.get("segmentation"), dict)]
+    assert rles
+    rles[0]["segmentation"]["size"] = [rles[0]["segmentation"]["size"][1], rles[0]["segmentation"]["size"][0]]
+    (root / "annotations.json").write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="camlab.data"):
+        ds = COCODataset(str(root), "annotations.json", "test", **KW)  # h*w unchanged: a transposed RLE
+    assert ds.report()["mask_size_mismatch"] == 1
+    assert [r for r in caplog.records if "1 mask(s) differ in size" in r.message and "RLE segmentation" in r.message]
+
+    rles[0]["segmentation"]["size"] = [3, 3]  # runs no longer fill h x w: an error at set-up, not at loading
+    (root / "annotations.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"RLE segmentation 1 of .*images\[\d\].*RLE counts sum to \d+, expected h\*w = 9"):
+        COCODataset(str(root), "annotations.json", "test", **KW)
+
+
+# ------------------------------------------------------------------------------------------------ classes
+def test_ilsvrc_class_without_training_images_names_its_folder(tree):
+    root = tree("ilsvrc")
+    wnid = fx.WNIDS[1]
+    for image in (root / "train" / wnid).iterdir():
+        image.unlink()
+    with pytest.raises(DataError) as err:
+        ILSVRCDataset(str(root), "train", **KW)
+    msg = str(err.value)
+    assert f"{wnid} (class {fx.ilsvrc_label(1)}): no image in {root / 'train' / wnid}" in msg, msg
+    assert "1 of the 3 synsets" in msg and "remove those synsets" in msg and "data.num_classes" in msg
+    (root / "train" / wnid).rmdir()
+    with pytest.raises(DataError, match=f"no folder {root / 'train' / wnid}"):
+        ILSVRCDataset(str(root), "train", **KW)
+    ILSVRCDataset(str(root), "val", **KW)  # val does not need every class
+
+
+def test_class_without_training_images_is_warned(tree, caplog):
+    root = tree("csv")
+    _replace(root / "labels.csv", "images/c0.png,2,20,8,46,30,train", "images/c0.png,2,20,8,46,30,val")
+    with caplog.at_level(logging.WARNING, logger="camlab.data"):
+        ds = CSVDataset(str(root), "labels.csv", "train", num_classes=3, **KW)
+    assert ds.report()["classes_without_images"] == 1
+    assert [r for r in caplog.records if "1 of 3 classes have no training image (2)" in r.message]
+
+
+def test_num_classes_mismatch_lists_names_with_counts_and_the_likely_typo(tmp_path):
+    root = fx.make_csv(tmp_path / "named")
+    _replace(root / "labels.csv", "images/b1.png,beta,", "images/b1.png,btea,")  # a typo'd name
+    with pytest.raises(DataError) as err:
+        CSVDataset(str(root), "labels.csv", "train", num_classes=3, **KW)
+    msg = str(err.value)
+    line = next(i for i, row in enumerate((root / "labels.csv").read_text().splitlines(), 1) if "btea" in row)
+    assert "data.num_classes=3 but its labels name 4 classes" in msg, msg
+    assert "alpha: 3, gamma: 2, beta: 1, btea: 1" in msg, msg  # images per class, most first
+    assert f"typo of another class: 'btea' (1 image(s), first on line {line})" in msg, msg
+    assert "set data.num_classes=4 if every name is a class" in msg
+    with pytest.raises(DataError) as err:  # more classes declared than named: no typo suspected
+        fx.make_csv(tmp_path / "named2")
+        CSVDataset(str(tmp_path / "named2"), "labels.csv", "train", num_classes=5, **KW)
+    assert "set data.num_classes=3" in str(err.value) and "typo" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------------ options
+def test_bad_split_fractions_name_the_config_keys(tmp_path):
+    root = fx.make_csv(tmp_path / "nosplit", header=False)
+    with pytest.raises(ConfigError) as err:
+        CSVDataset(str(root), "labels.csv", "train", num_classes=3, val_fraction=0.9, test_fraction=0.5, **KW)
+    assert "data.val_fraction=0.9, data.test_fraction=0.5" in str(err.value)
+    dm = DiskDataModule(root=str(root), annotations="labels.csv", num_classes=3, val_fraction=0.2, test_fraction=-0.1,
+                        train_dataset=functools.partial(CSVDataset, split="train"), **KW)
+    with pytest.raises(ConfigError, match="data.test_fraction=-0.1"):
+        dm.setup("fit")  # raised while the trainer sets up: must be a ConfigError (one line), not a ValueError
+
+
+def test_option_errors_raised_at_setup_are_config_errors_naming_the_key(tree):
+    from camlab.data.canvas import MNISTCanvas
+    from camlab.data.datamodule import WSOLDataModule
+    from camlab.data.synthetic import SyntheticShapes
+
+    root = tree("csv")
+    cases = [
+        (lambda: SyntheticShapes("train", length=4, image_size=16), "data.image_size"),
+        (lambda: SyntheticShapes("val", length=4, max_objects=9), "data.val_dataset.max_objects"),
+        (lambda: SyntheticShapes("train", length=4, num_classes=11), "data.num_classes"),
+        (lambda: MNISTCanvas(root, "train", max_items=9), "data.max_items"),
+        (lambda: CSVDataset(str(root), "labels.csv", "train", num_classes=3, image_size=64, resize_size=32),
+         "data.resize_size"),
+        (lambda: CSVDataset(str(root), "labels.csv", "train", num_classes=3, masks="yes", **KW), "data.masks"),
+        (lambda: WSOLDataModule(SyntheticShapes("train", length=4), num_train=5).dataset("train"), "data.num_train=5"),
+        (lambda: WSOLDataModule(SyntheticShapes("train", length=4), image_size=32).dataset("train"),
+         "data.image_size=32"),
+        (lambda: CUBDataset(str(tree("cub")), "train", val_from="val", **KW), "data.val_from"),
+    ]
+    for make, key in cases:
+        with pytest.raises(ConfigError) as err:
+            make()
+        assert key in str(err.value), str(err.value)
+
+
+# -------------------------------------------------------------------------------------- boxes off the image
+def test_eval_box_wholly_outside_its_image_is_an_error(tree):
+    root = tree("csv")
+    rows = (root / "labels.csv").read_text().splitlines()
+    rows.append("images/a1.png,0,40,3,50,14,val")  # a1 is 36x30: x0 = 40 is past its right edge
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError) as err:
+        CSVDataset(str(root), "labels.csv", "val", num_classes=3, **KW)
+    msg = str(err.value)
+    assert f"box [40.0, 3.0, 50.0, 14.0] of {root / 'images' / 'a1.png'} (labels.csv line" in msg, msg
+    assert "wholly outside its 36x30 image" in msg and "fix or remove the box" in msg
+
+    root = tree("wsol")  # inclusive boxes: x0 = W - 1 is the last column (kept), x0 = W is outside
+    loc = root / "metadata/CUB/test/localization.txt"
+    lines = loc.read_text().splitlines()
+    image_id = lines[0].split(",")[0]  # c1: 48x32
+    args = (str(root / "dataset/CUB"), str(root / "metadata"), "CUB", "test")
+    loc.write_text("\n".join([f"{image_id},47,6,60,20", *lines[1:]]) + "\n")
+    ds = WSOLEvalDataset(*args, num_classes=3, **KW)
+    assert next(r for r in ds.records if r.path.endswith(image_id)).boxes[0].tolist() == [47, 6, 47, 20]
+    loc.write_text("\n".join([f"{image_id},48,6,60,20", *lines[1:]]) + "\n")
+    with pytest.raises(DataError, match=r"box \[48\.0, 6\.0, 60\.0, 20\.0\] .* wholly outside its 48x32 image"):
+        WSOLEvalDataset(*args, num_classes=3, **KW)

@@ -200,34 +200,42 @@ class MNISTCanvas(RenderedWSOLDataset):
         std: Sequence[float] = (0.5, 0.5, 0.5),
     ) -> None:
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+            raise ConfigError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
         if dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
+            raise ConfigError(f"dataset (data.dataset) must be one of {sorted(DATASETS)}, got {dataset!r}")
         if not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
-            raise ValueError(f"image_size must be an int >= {MIN_IMAGE_SIZE}, got {image_size!r}")
+            raise ConfigError(f"image_size (data.image_size) must be an int >= {MIN_IMAGE_SIZE}, got {image_size!r}")
         if length is not None and (not isinstance(length, int) or length < 1):
-            raise ValueError(f"length must be None or an int >= 1, got {length!r}")
+            raise ConfigError(f"length (data.num_{split}) must be None or an int >= 1, got {length!r}")
         if not isinstance(max_items, int) or not 1 <= max_items <= MAX_ITEMS:
-            raise ValueError(f"max_items must be an int in [1, {MAX_ITEMS}], got {max_items!r}")
+            raise ConfigError(f"max_items (data.max_items) must be an int in [1, {MAX_ITEMS}], got {max_items!r}")
         if not isinstance(val_items, int) or val_items < 1:
-            raise ValueError(f"val_items must be an int >= 1, got {val_items!r}")
+            raise ConfigError(f"val_items (data.val_items) must be an int >= 1, got {val_items!r}")
         if not 0 < ink_threshold < 1:
-            raise ValueError(f"ink_threshold must be in (0, 1), got {ink_threshold!r}")
+            raise ConfigError(f"ink_threshold (data.ink_threshold) must be in (0, 1), got {ink_threshold!r}")
         if not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+            raise ConfigError(f"seed (data.seed) must be an int >= 0, got {seed!r}")
         if item_size is None:
             item_size = (round(20 * image_size / 64), round(40 * image_size / 64))
         s_lo, s_hi = (int(s) for s in item_size)
         if not 8 <= s_lo <= s_hi <= image_size - 2:
-            raise ValueError(f"item_size must satisfy 8 <= low <= high <= image_size - 2 = {image_size - 2}, got {tuple(item_size)}")
+            raise ConfigError(
+                f"item_size (data.item_size) must satisfy 8 <= low <= high <= image_size - 2 = {image_size - 2}, "
+                f"got {tuple(item_size)}"
+            )
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean and std must have 3 entries with std > 0, got mean={mean}, std={std}")
+            raise ConfigError(
+                f"mean and std (data.mean, data.std) must have 3 entries with std > 0, got mean={mean}, std={std}"
+            )
 
         items, item_labels = load_split_items(root, dataset, split, val_items)
         if length is None:
             length = len(items)
         if length > len(items):
-            raise ConfigError(f"length={length} but the {dataset} {split} split has only {len(items)} items")
+            raise ConfigError(
+                f"length={length} but the {dataset} {split} split has only {len(items)} items; set data.num_{split} "
+                f"to at most {len(items)} (or null for all of them)"
+            )
 
         self.root = str(root)
         self.split = split

@@ -13,6 +13,7 @@ import numpy as np
 
 from camlab.data.masks import MaskSpec
 from camlab.data.records import DataError, Record, RecordDataset, assign_split, read_lines, require
+from camlab.utils import ConfigError
 
 LAYOUT = (
     "<root>/{images.txt: '<id> <class dir>/<file>.jpg', image_class_labels.txt: '<id> <class id>', "
@@ -46,9 +47,9 @@ def read_cub(
         "images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt", "classes.txt")}
     require(root / "images", "CUB images folder", LAYOUT)
     if split not in ("train", "val", "test"):
-        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        raise ConfigError(f"split must be 'train', 'val' or 'test', got {split!r} (data.*_dataset.split)")
     if val_from not in ("test", "train"):
-        raise ValueError(f"val_from must be 'test' or 'train', got {val_from!r}")
+        raise ConfigError(f"data.val_from must be 'test' or 'train', got {val_from!r}")
 
     class_ids, class_names = [], []
     for i, parts in _table(files["classes.txt"], 2):

@@ -25,6 +25,7 @@ import numpy as np
 
 from camlab.data.masks import MaskSpec
 from camlab.data.records import SPLITS, DataError, Record, RecordDataset, assign_split, require
+from camlab.utils import ConfigError
 
 COCO_LAYOUT = (
     "<root>/<images...> and an annotation JSON {images: [{id, file_name, width, height, [split], [mask_file], "
@@ -37,7 +38,7 @@ CSV_LAYOUT = "<root>/<images...> and a CSV with rows 'path,label,x0,y0,x1,y1' (o
 def _split_filter(records: list[tuple[str | None, Record]], split: str, where: str, fractions: tuple[float, float, int]):
     """Keep the records of ``split``: by their own split field when any has one, else a random split."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise ConfigError(f"split must be one of {SPLITS}, got {split!r} (data.*_dataset.split)")
     given = [s for s, _ in records if s]
     if given:
         for s, r in records:
@@ -127,6 +128,7 @@ class COCODataset(RecordDataset):
                  test_fraction: float = 0.2, seed: int = 0, **kwargs: Any) -> None:
         records, names = read_coco(root, annotations, split, val_fraction, test_fraction, seed)
         kwargs.setdefault("name", f"COCO {annotations}")
+        kwargs.setdefault("check_mask_sizes", True)
         super().__init__(records, names, split=split, inclusive_boxes=False, **kwargs)
 
 
@@ -172,6 +174,8 @@ def read_csv(
         names = [str(c) for c in range(k)]
     else:
         names = list(classes) if classes is not None else sorted(set(labels))
+        if classes is None and num_classes is not None and int(num_classes) != len(names):
+            raise DataError(_names_vs_num_classes(ann_path, parsed, names, int(num_classes)))
     index_of = {n: c for c, n in enumerate(names)}
 
     by_path: dict[str, tuple[str | None, Record]] = {}
@@ -197,6 +201,28 @@ def read_csv(
     return _split_filter(list(by_path.values()), split, str(ann_path), (val_fraction, test_fraction, seed)), names
 
 
+def _names_vs_num_classes(ann_path: Path, parsed: list, names: list[str], num_classes: int) -> str:
+    """data.num_classes differs from the number of label names: the names with their image counts, and the
+    rarest names (likely typos when there are more names than classes) with the line of their first row."""
+    images: dict[str, set[str]] = {n: set() for n in names}
+    first_line: dict[str, int] = {}
+    for i, path, label, *_ in parsed:
+        images[label].add(path)
+        first_line.setdefault(label, i)
+    by_count = sorted(names, key=lambda n: -len(images[n]))  # stable: ties keep the sorted order
+    listed = ", ".join(f"{n}: {len(images[n])}" for n in by_count[:20]) + (", ..." if len(names) > 20 else "")
+    msg = (f"{ann_path}: data.num_classes={num_classes} but its labels name {len(names)} classes "
+           f"(images per class: {listed})")
+    if len(names) > num_classes:
+        rare = by_count[num_classes:][::-1][:5]
+        where = ", ".join(f"{n!r} ({len(images[n])} image(s), first on line {first_line[n]})" for n in rare)
+        msg += (f". A rare name may be a typo of another class: {where}; correct it in {ann_path.name}, or set "
+                f"data.num_classes={len(names)} if every name is a class")
+    else:
+        msg += f"; set data.num_classes={len(names)}"
+    return msg
+
+
 class CSVDataset(RecordDataset):
     """A folder of images + a ``path,label,x0,y0,x1,y1`` CSV (see :func:`read_csv`); RecordDataset kwargs."""
 
@@ -205,4 +231,5 @@ class CSVDataset(RecordDataset):
                  num_classes: int | None = None, **kwargs: Any) -> None:
         records, names = read_csv(root, annotations, split, classes, num_classes, val_fraction, test_fraction, seed)
         kwargs.setdefault("name", f"CSV {annotations}")
+        kwargs.setdefault("check_mask_sizes", True)
         super().__init__(records, names, split=split, inclusive_boxes=False, num_classes=num_classes, **kwargs)

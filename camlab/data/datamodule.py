@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from camlab.data.records import collate_skipping
+from camlab.utils import ConfigError
 
 DatasetLike = Union[Dataset, Callable[[], Dataset], None]
 _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
@@ -102,7 +103,10 @@ class WSOLDataModule(L.LightningDataModule):
             limit = self._limits[split]
             if limit is not None:
                 if limit > len(ds):
-                    raise ValueError(f"num_{split}={limit} exceeds the {split} split's {len(ds)} samples")
+                    raise ConfigError(
+                        f"data.num_{split}={limit} exceeds the {split} split's {len(ds)} samples; set it to at most "
+                        f"{len(ds)} (or null for all of them)"
+                    )
                 if limit < len(ds):
                     ds = _Limited(ds, limit)
             self._built[split] = ds
@@ -112,7 +116,9 @@ class WSOLDataModule(L.LightningDataModule):
         for name, declared in (("num_classes", self._num_classes), ("image_size", self._image_size)):
             actual = getattr(ds, name, None)
             if declared is not None and actual is not None and _norm(declared) != _norm(actual):
-                raise ValueError(f"{name}={declared!r} but the {split} dataset has {name}={actual!r}")
+                raise ConfigError(
+                    f"data.{name}={declared!r} but the {split} dataset has {name}={actual!r}; set data.{name}={actual!r}"
+                )
 
     def _first_dataset(self) -> Any:
         for split in ("train", "val", "test"):

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from camlab.data.records import DataError, Record, RecordDataset, list_images, read_lines, require
+from camlab.data.records import IMAGE_EXTENSIONS, DataError, Record, RecordDataset, list_images, read_lines, require
+from camlab.utils import ConfigError
 
 LAYOUT = (
     "<root>/{<synsets> ('<wnid> [description]' per line, class index = line order), "
@@ -68,7 +69,7 @@ def read_ilsvrc(
 ) -> tuple[list[Record], list[str]]:
     """Records of the train split (labels from folders) or val/test (the validation images, XML boxes)."""
     if split not in ("train", "val", "test"):
-        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        raise ConfigError(f"split must be 'train', 'val' or 'test', got {split!r} (data.*_dataset.split)")
     root = require(root, "ILSVRC root", LAYOUT)
     wnids, names = read_synsets(require(root / synsets, "ILSVRC synset list", LAYOUT))
     index_of = {w: k for k, w in enumerate(wnids)}
@@ -77,12 +78,23 @@ def read_ilsvrc(
         train = require(root / train_dir, "ILSVRC train folder", LAYOUT)
         with os.scandir(train) as it:
             folders = sorted(e.name for e in it if e.is_dir())
+        filled = set()
         for wnid in folders:
             if wnid not in index_of:
                 raise DataError(f"ILSVRC train folder {train / wnid} is not a synset of {synsets}")
             source = f"folder {wnid}"  # one string per class, shared by its ~1,300 records
             for p in list_images(train / wnid):
                 records.append(Record(path=str(p), label=index_of[wnid], source=source))
+                filled.add(wnid)
+        # A class with no training image would be trained on nothing: name its empty (or absent) folder.
+        empty = [(w, f"{'no image in' if w in folders else 'no folder'} {train / w}") for w in wnids if w not in filled]
+        if empty:
+            first = "; ".join(f"{w} (class {index_of[w]}): {why}" for w, why in empty[:3])
+            raise DataError(
+                f"ILSVRC: {len(empty)} of the {len(wnids)} synsets of {synsets} have no training images: {first}"
+                f"{'; ...' if len(empty) > 3 else ''}. Add their images ({', '.join(IMAGE_EXTENSIONS)}), or remove "
+                f"those synsets from {synsets} and set data.num_classes to the number left"
+            )
         return records, names
 
     images = require(root / val_dir, "ILSVRC validation image folder", LAYOUT)

@@ -67,7 +67,12 @@ class MaskSpec:
 def _read_png(path: str, width: int, height: int) -> np.ndarray:
     grey = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if grey is None:
-        raise OSError(f"cannot read mask file {path} (missing, unreadable or not an image)")
+        from camlab.data.records import DataError  # records imports this module
+
+        raise DataError(
+            f"cannot read mask file {path} (missing, unreadable or not an image); replace the file, or set "
+            f"data.masks=false to use no masks (no PxAP)"
+        )
     return _resize_nearest(grey, width, height)
 
 
@@ -114,19 +119,35 @@ def rle_counts_from_string(s: str) -> list[int]:
     return counts
 
 
+def rle_counts(rle: dict) -> tuple[int, int, np.ndarray]:
+    """(h, w, run lengths) of a COCO RLE; ValueError when it is malformed or its runs do not fill h×w.
+
+    >>> rle_counts({"size": [2, 3], "counts": "52"})
+    Traceback (most recent call last):
+    ...
+    ValueError: RLE counts sum to 7, expected h*w = 6
+    """
+    try:
+        h, w = (int(v) for v in rle["size"])
+        counts = rle["counts"]
+        if isinstance(counts, (bytes, str)):
+            counts = rle_counts_from_string(counts.decode() if isinstance(counts, bytes) else counts)
+        counts = np.asarray(counts, dtype=np.int64).reshape(-1)
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        msg = f"malformed RLE ({type(err).__name__}: {err}); expected {{'size': [h, w], 'counts': ...}}"
+        raise ValueError(msg) from None
+    if counts.sum() != h * w or (counts < 0).any():
+        raise ValueError(f"RLE counts sum to {int(counts.sum())}, expected h*w = {h * w}")
+    return h, w, counts
+
+
 def rle_decode(rle: dict) -> np.ndarray:
     """COCO RLE -> H×W uint8 0/1 mask (runs alternate 0s and 1s, column-major, starting with 0s).
 
     >>> rle_decode({"size": [2, 3], "counts": [1, 2, 3]}).tolist()
     [[0, 1, 0], [1, 0, 0]]
     """
-    h, w = (int(v) for v in rle["size"])
-    counts = rle["counts"]
-    if isinstance(counts, (bytes, str)):
-        counts = rle_counts_from_string(counts.decode() if isinstance(counts, bytes) else counts)
-    counts = np.asarray(counts, dtype=np.int64)
-    if counts.sum() != h * w or (counts < 0).any():
-        raise ValueError(f"RLE counts sum to {int(counts.sum())}, expected h*w = {h * w}")
+    h, w, counts = rle_counts(rle)
     values = np.arange(len(counts)) % 2  # 0, 1, 0, ...
     flat = np.repeat(values.astype(np.uint8), counts)
     return flat.reshape((w, h)).T.copy()  # column-major -> H×W

@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
 from camlab.data.collate import collate_wsol
-from camlab.data.masks import MaskSpec, tight_boxes
+from camlab.data.masks import MaskSpec, rle_counts, tight_boxes
 from camlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, WSOLTransform
 from camlab.utils import ConfigError
 
@@ -85,9 +85,13 @@ def assign_split(keys: Sequence[str], split: str, val_fraction: float, test_frac
     ([5, 2, 3], 10)
     """
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise ConfigError(f"split must be one of {SPLITS}, got {split!r} (data.*_dataset.split)")
     if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
-        raise ValueError(f"need 0 <= val_fraction, test_fraction and their sum < 1, got {val_fraction}, {test_fraction}")
+        given = f"data.val_fraction={val_fraction}" + (f", data.test_fraction={test_fraction}" if test_fraction else "")
+        raise ConfigError(
+            f"{given}: the fractions must be >= 0 and sum to less than 1 (the rest is the train split); "
+            f"they set how many images without a split of their own go to val and test"
+        )
     order = sorted(set(keys))
     random.Random(seed).shuffle(order)
     n_val, n_test = round(len(order) * val_fraction), round(len(order) * test_fraction)
@@ -121,6 +125,9 @@ class RecordDataset(Dataset):
             rather than continuous (x1 = one past the last pixel; COCO, CSV). Sets the clip bound (W-1 or W).
         num_classes: declared class count; must equal ``len(class_names)``.
         check_files: check every image file exists at set-up (readers that listed a folder skip it).
+        check_mask_sizes: warn (once, with the count) where a mask's size differs from its image's (the
+            user formats, whose masks are drawn on the image; wsolevaluation's OpenImages masks may differ
+            by design: every mask is resized to the input size on its own).
         name: the dataset's name in messages.
     """
 
@@ -140,12 +147,13 @@ class RecordDataset(Dataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         check_files: bool = True,
+        check_mask_sizes: bool = False,
         name: str = "dataset",
     ) -> None:
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+            raise ConfigError(f"split must be one of {SPLITS}, got {split!r} (data.*_dataset.split)")
         if masks not in (True, False, "auto"):
-            raise ValueError(f"masks must be true, false or 'auto', got {masks!r}")
+            raise ConfigError(f"data.masks must be true, false or auto, got {masks!r}")
         self.name, self.split = name, split
         self.class_names = [str(c) for c in class_names]
         if num_classes is not None and int(num_classes) != len(self.class_names):
@@ -160,7 +168,8 @@ class RecordDataset(Dataset):
         self.mean, self.std = self.transform.mean, self.transform.std
         self.skip_corrupt = bool(skip_corrupt)
         self.inclusive_boxes = bool(inclusive_boxes)
-        self.counts = {"skipped_missing": 0, "skipped_unreadable_at_setup": 0, "clipped_boxes": 0, "emptied_boxes": 0}
+        self.counts = {"skipped_missing": 0, "skipped_unreadable_at_setup": 0, "clipped_boxes": 0, "emptied_boxes": 0,
+                       "mask_size_mismatch": 0, "classes_without_images": 0}
         self._first: dict[str, str] = {}
 
         records = list(records)
@@ -169,7 +178,15 @@ class RecordDataset(Dataset):
         records = self._check_files(records, check_files)
         self.use_masks = self._mask_mode(records, masks)
         records = self._sizes_and_clipping(records)
-        if split != "train":
+        if self.use_masks:
+            self._check_masks(records, check_mask_sizes)
+        if split == "train":
+            per_class = np.bincount(np.asarray([r.label for r in records], dtype=np.int64), minlength=self.num_classes)
+            empty = [self.class_names[k] for k in np.flatnonzero(per_class == 0)]
+            self.counts["classes_without_images"] = len(empty)
+            if empty:
+                self._first["classes_without_images"] = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        else:
             for r in records:
                 if len(r.boxes) == 0 and not (self.use_masks and r.mask is not None):
                     raise DataError(
@@ -242,12 +259,60 @@ class RecordDataset(Dataset):
             clipped = np.clip(r.boxes, 0.0, hi)
             changed = (clipped != r.boxes).any(1)
             if changed.any():
+                b = r.boxes  # wholly outside: covers no pixel (inclusive bounds: x0 > W-1; continuous: x0 >= W)
+                if self.inclusive_boxes:
+                    outside = (b[:, 0] > hi[0]) | (b[:, 1] > hi[1]) | (b[:, 2] < 0) | (b[:, 3] < 0)
+                else:
+                    outside = (b[:, 0] >= W) | (b[:, 1] >= H) | (b[:, 2] <= 0) | (b[:, 3] <= 0)
+                if outside.any() and self.split != "train":
+                    raise DataError(
+                        f"{self.name}: box {b[outside][0].tolist()} of {r.path} ({r.source}) lies wholly outside its "
+                        f"{W}x{H} image; the {self.split} split's boxes are scored by the localization metrics, so "
+                        f"fix or remove the box (boxes that only cross the border are clipped)"
+                    )
                 self.counts["clipped_boxes"] += int(changed.sum())
-                self._first.setdefault("clipped_boxes", f"{r.boxes[changed][0].tolist()} of {r.path} ({r.source}), image {W}x{H}")
-                empty = changed & ((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))
-                self.counts["emptied_boxes"] += int(empty.sum())
+                first = f"{b[changed][0].tolist()} of {r.path} ({r.source}), image {W}x{H}"
+                self._first.setdefault("clipped_boxes", first)
+                self.counts["emptied_boxes"] += int(outside.sum())
             kept.append(replace(r, boxes=clipped, size=(W, H)))
         return kept
+
+    def _check_masks(self, records: list[Record], check_sizes: bool) -> None:
+        """Every mask file's header opens (a broken file fails here, not after a training epoch); with
+        ``check_sizes``, count the masks whose size differs from their image's (warned in ``_report_setup``)."""
+        for r in records:
+            sizes = []
+            for p in r.mask.paths:
+                try:
+                    with Image.open(p) as im:  # header only, ~50 us
+                        sizes.append((p, tuple(im.size)))
+                except (OSError, SyntaxError, ValueError) as err:
+                    raise DataError(
+                        f"{self.name}: cannot read mask file {p} (for {r.path}, {r.source}): {err}. Replace the "
+                        f"file, or set data.masks=false to use no masks (no PxAP)"
+                    ) from None
+            for k, rle in enumerate(r.mask.rles):
+                try:
+                    h, w, _ = rle_counts(rle)
+                except ValueError as err:
+                    raise DataError(f"{self.name}: RLE segmentation {k + 1} of {r.path} ({r.source}): {err}") from None
+                sizes.append((f"the RLE segmentation of {r.source}", (w, h)))
+            if not check_sizes or not sizes:
+                continue
+            size = r.size
+            if size is None:
+                try:
+                    with Image.open(r.path) as im:  # header only
+                        size = tuple(im.size)
+                except (OSError, SyntaxError, ValueError) as err:
+                    if not self.skip_corrupt:
+                        raise DataError(_unreadable(r.path, err)) from None
+                    continue  # skipped (and counted) when it is loaded
+            for what, (w, h) in sizes:
+                if (w, h) != tuple(size):
+                    self.counts["mask_size_mismatch"] += 1
+                    first = f"{what} is {w}x{h} but {r.path} is {size[0]}x{size[1]}"
+                    self._first.setdefault("mask_size_mismatch", first)
 
     def _report_setup(self) -> None:
         c, first = self.counts, self._first
@@ -256,6 +321,19 @@ class RecordDataset(Dataset):
             log.warning(
                 "%s (%s): clipped %d box(es) that extended past their image%s; first: %s",
                 self.name, self.split, c["clipped_boxes"], extra, first["clipped_boxes"],
+            )
+        if c["mask_size_mismatch"]:
+            log.warning(
+                "%s (%s): %d mask(s) differ in size from their image; first: %s. Each mask is stretched to the "
+                "input size on its own, which is right only for a mask of the whole image at another resolution: "
+                "check them, and resize them to their images' sizes",
+                self.name, self.split, c["mask_size_mismatch"], first["mask_size_mismatch"],
+            )
+        if c["classes_without_images"]:
+            log.warning(
+                "%s (train): %d of %d classes have no training image (%s): the model cannot learn them; check the "
+                "labels, the splits and data.num_classes",
+                self.name, c["classes_without_images"], self.num_classes, first["classes_without_images"],
             )
         for key, what in (("skipped_missing", "missing"), ("skipped_unreadable_at_setup", "unreadable")):
             if c[key]:

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from camlab.utils import ConfigError
+
 # (shape, texture) per class; the texture set is closed under horizontal flip (diagonal stripes take a
 # random +-45 degrees per sample) so flip augmentation never turns one class's texture into another's.
 CLASSES: tuple[tuple[str, str], ...] = (
@@ -112,28 +114,32 @@ class SyntheticShapes(RenderedWSOLDataset):
         std: Sequence[float] = (0.5, 0.5, 0.5),
     ) -> None:
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+            raise ConfigError(f"split must be one of {sorted(SPLITS)}, got {split!r} (data.*_dataset.split)")
         if not isinstance(length, int) or length < 1:
-            raise ValueError(f"length must be an int >= 1, got {length!r}")
+            raise ConfigError(f"length (data.num_{split}) must be an int >= 1, got {length!r}")
         if not isinstance(num_classes, int) or not 2 <= num_classes <= MAX_CLASSES:
-            raise ValueError(f"num_classes must be an int in [2, {MAX_CLASSES}], got {num_classes!r}")
+            raise ConfigError(f"num_classes (data.num_classes) must be an int in [2, {MAX_CLASSES}], got {num_classes!r}")
         if not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
-            raise ValueError(f"image_size must be an int >= {MIN_IMAGE_SIZE}, got {image_size!r}")
+            raise ConfigError(f"image_size (data.image_size) must be an int >= {MIN_IMAGE_SIZE}, got {image_size!r}")
         if not isinstance(max_objects, int) or not 1 <= max_objects <= MAX_OBJECTS:
-            raise ValueError(f"max_objects must be an int in [1, {MAX_OBJECTS}], got {max_objects!r}")
+            raise ConfigError(
+                f"max_objects (data.{split}_dataset.max_objects) must be an int in [1, {MAX_OBJECTS}], got {max_objects!r}"
+            )
         if not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+            raise ConfigError(f"seed (data.seed) must be an int >= 0, got {seed!r}")
         if radius_range is None:
             radius_range = (10 * image_size / 64, 24 * image_size / 64)
         r_lo, r_hi = (float(r) for r in radius_range)
         r_max_allowed = (image_size / 2 - 1) / _EXTENT
         if not 4 <= r_lo <= r_hi <= r_max_allowed:
-            raise ValueError(
-                f"radius_range must satisfy 4 <= low <= high <= {r_max_allowed:.1f} (the largest radius that "
-                f"fits image_size={image_size}), got {tuple(radius_range)}"
+            raise ConfigError(
+                f"radius_range (data.{split}_dataset.radius_range) must satisfy 4 <= low <= high <= "
+                f"{r_max_allowed:.1f} (the largest radius that fits image_size={image_size}), got {tuple(radius_range)}"
             )
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean and std must have 3 entries with std > 0, got mean={mean}, std={std}")
+            raise ConfigError(
+                f"mean and std (data.{split}_dataset.mean, .std) must have 3 entries with std > 0, got mean={mean}, std={std}"
+            )
 
         self.split = split
         self.length = length

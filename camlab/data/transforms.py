@@ -23,6 +23,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from camlab.utils import ConfigError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -65,10 +67,10 @@ class WSOLTransform:
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         if not isinstance(image_size, int) or image_size < 1:
-            raise ValueError(f"image_size must be an int >= 1, got {image_size!r}")
+            raise ConfigError(f"image_size (data.image_size) must be an int >= 1, got {image_size!r}")
         resize_size = image_size if resize_size is None else resize_size
         if not isinstance(resize_size, int) or resize_size < image_size:
-            raise ValueError(f"resize_size must be an int >= image_size={image_size}, got {resize_size!r}")
+            raise ConfigError(f"resize_size (data.resize_size) must be an int >= image_size={image_size}, got {resize_size!r}")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"mean and std need 3 entries with std > 0, got mean={mean}, std={std}")
         self.image_size, self.resize_size, self.train, self.hflip = image_size, resize_size, train, hflip
