@@ -72,3 +72,35 @@ def test_fast_dev_run_uses_the_constant_lr_without_a_warning(recwarn):
               enable_model_summary=False, callbacks=[rec]).fit(model, train_dataloaders=data)
     assert rec.lrs == [pytest.approx(0.1)]
     assert not [w for w in recwarn if "one-cycle" in str(w.message)]
+
+
+def test_finetune_model_config_trains_with_sgd_cosine_and_a_10x_head(tmp_path):
+    # model=finetune once merged onto model/default and kept OneCycleLR's pct_start: CosineAnnealingLR refused it
+    from hydra.utils import instantiate
+
+    from _tiny_checkpoint import DATA, composed
+
+    cfg = composed("train", [*DATA, "model=finetune"], tmp_path)
+    assert "pct_start" not in cfg.model.scheduler
+    model = instantiate(cfg.model, _convert_="partial")
+    rec = _LRs()
+    data = DataLoader([{"image": torch.randn(3, 32, 32), "label": i % 5} for i in range(8)], batch_size=2)
+    L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, callbacks=[rec]).fit(model, train_dataloaders=data)
+    opt = model.trainer.optimizers[0]
+    assert isinstance(opt, torch.optim.SGD)
+    assert isinstance(model.trainer.lr_scheduler_configs[0].scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
+    assert rec.lrs[0] == pytest.approx(0.001) and rec.lrs[-1] < rec.lrs[0]  # backbone group, decaying
+    assert opt.param_groups[1]["initial_lr"] == pytest.approx(10 * opt.param_groups[0]["initial_lr"])
+
+
+def test_scheduler_keyword_it_does_not_take_is_a_config_error():
+    from camlab.utils import ConfigError
+
+    model = CAMClassifier(_Backbone(), num_classes=2, optimizer=partial(torch.optim.SGD, lr=0.1),
+                          scheduler=partial(torch.optim.lr_scheduler.CosineAnnealingLR, pct_start=0.2))
+    data = DataLoader([{"image": torch.randn(3, 8, 8), "label": i % 2} for i in range(4)], batch_size=2)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ConfigError, match="model.scheduler: CosineAnnealingLR rejects its arguments.*pct_start"):
+        trainer.fit(model, train_dataloaders=data)

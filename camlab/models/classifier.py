@@ -193,7 +193,11 @@ class CAMClassifier(L.LightningModule):
                 warn(f"{target.__name__}: {steps} optimizer steps leave no warm-up step at pct_start={asked:g}; "
                      f"using pct_start={pct:.3g}")
                 extra["pct_start"] = pct
-        return factory(optimizer, **extra)
+        try:
+            return factory(optimizer, **extra)
+        except TypeError as err:  # a keyword the scheduler does not take (e.g. pct_start for a cosine schedule)
+            raise ConfigError(f"model.scheduler: {target.__name__} rejects its arguments: {err} (check the "
+                              f"model.scheduler keys)") from None
 
 
 def _one_cycle_pct_start(given: dict, params, steps: int) -> float | None:
