@@ -35,7 +35,7 @@ class CAMLocalization(L.Callback):
 
     Each epoch, rank 0 renders a fixed sample of images (the first ``num_overlays`` its validation loader
     yields; the loader does not shuffle, so the sample is the same every epoch) as a grid image under
-    ``output_dir`` (``overlay_format``: ``"jpg"``, quality 90, the default, or lossless ``"png"``, ~15x slower to
+    ``output_dir`` (``overlay_format``: ``"jpg"``, quality 90, the default, or lossless ``"png"``, 9-16x slower to
     encode) and sends it to TensorBoard / W&B when those loggers are active. The per-threshold curves
     go to ``output_dir/curves_<stage>_epoch<NNN>.csv`` and a PNG plot.
 
