@@ -45,6 +45,7 @@ when the mask did not change since the previous such level.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import cv2
@@ -1037,6 +1038,73 @@ def _pxap_hist_unit_parallel(scores, masks, e32, lut, cat, out):
         _pxap_hist_unit_one(scores[i], masks[i], e32, lut, cat, out[i], sub, idx)
 
 
+@njit(cache=True, inline="always")
+def _pxap_hist_grid_one(scores, masks, M, K, out, sub, idx):
+    # _pxap_hist_unit_one for a uniform grid (thresholds k / M, k < K = M; see _uniform_grid_multiplier): the bin of
+    # a float32 s in [0, 1] is floor(s * M), the product taken in float64, where it is exact (24 + 30 bits < 53).
+    # No table lookups, so the first pass vectorizes; the category is arithmetic (0 fg, 1 bg, 2 dropped).
+    nb = K + 3
+    n = scores.shape[0]
+    for p in range(n):
+        b = min(np.int32(np.float64(scores[p]) * M), np.int32(K))  # s = 1.0: bin K, [1, 2)
+        m = masks[p]
+        c = np.int32(2) - np.int32(m == 0) - np.int32(2) * np.int32(m == 1)
+        idx[p] = np.uint16(b + 1 + c * nb)
+    sub[:] = 0
+    for p in range(n):
+        sub[np.uint32((p & 3) * 3 * nb) + np.uint32(idx[p])] += 1
+    for q in range(4):
+        for c in range(2):
+            for b in range(1, nb):
+                out[c, b - 1] += sub[(3 * q + c) * nb + b]
+
+
+@njit(cache=True, nogil=True)
+def _pxap_hist_grid(scores, masks, M, K, out):
+    sub = np.empty(12 * (K + 3), np.int32)
+    idx = np.empty(scores.shape[1], np.uint16)
+    for i in range(scores.shape[0]):
+        _pxap_hist_grid_one(scores[i], masks[i], M, K, out[i], sub, idx)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _pxap_hist_grid_parallel(scores, masks, M, K, out):
+    for i in prange(scores.shape[0]):
+        sub = np.empty(12 * (K + 3), np.int32)
+        idx = np.empty(scores.shape[1], np.uint16)
+        _pxap_hist_grid_one(scores[i], masks[i], M, K, out[i], sub, idx)
+
+
+@functools.lru_cache(maxsize=32)
+def _uniform_grid_multiplier_cached(edges_bytes: bytes) -> float | None:
+    edges = np.frombuffer(edges_bytes, np.float64)
+    K = edges.shape[0] - 3
+    if K < 1 or K > 20000 or edges[0] != 0.0:  # bins of 3 categories fit the uint16 index
+        return None
+    M = float(K)
+    k = np.arange(K, dtype=np.float64)
+    # c_k: the smallest float32 c with c * M >= k (exact float64 products); float32(k / M) is within half a
+    # float32 step of k / M, so one step up or down finds it
+    c = (k / M).astype(np.float32)
+    low = c.astype(np.float64) * M < k
+    c[low] = np.nextafter(c[low], np.float32(np.inf))
+    prev = np.nextafter(c, np.float32(-np.inf))
+    high = prev.astype(np.float64) * M >= k
+    c[high] = prev[high]
+    prev = np.nextafter(c, np.float32(-np.inf))
+    if not ((c.astype(np.float64) * M >= k).all() and (prev.astype(np.float64) * M < k).all()):
+        return None
+    # the grid's own cut for each edge: the smallest float32 s with s >= edge (as float64)
+    return M if np.array_equal(c, _edges_f32_up(edges[:K])) else None
+
+
+def _uniform_grid_multiplier(edges: np.ndarray) -> float | None:
+    """M when the PxAP edges are a uniform grid ``k / M`` (k < K = M) *as seen by float32 scores*: for every
+    float32 s in [0, 1], ``edges[k] <= s`` exactly when ``s * M >= k``; else None. True of ``np.arange(0, 1, 1/M)``
+    grids (the default 0.01 and wsoleval's 0.001), checked edge by edge, not assumed."""
+    return _uniform_grid_multiplier_cached(np.ascontiguousarray(edges, np.float64).tobytes())
+
+
 def _edges_f32_up(edges: np.ndarray) -> np.ndarray:
     """Each float64 edge rounded up to float32: for a float32 s, ``s >= edge`` iff ``s >= result``."""
     e32 = edges.astype(np.float32)  # round to nearest
@@ -1054,20 +1122,25 @@ def _pxap_histograms_unit(maps: np.ndarray, masks: np.ndarray, thresholds, paral
     K = edges.shape[0] - 3
     if K < 1 or np.any(np.diff(edges) <= 0) or edges[0] < 0 or edges[K - 1] >= 1:
         raise ValueError("thresholds must be strictly increasing values in [0, 1)")
-    if np.diff(edges[: K + 1]).min(initial=1.0) <= 1.0 / _PXAP_LUT_SIZE:
-        return pxap_histograms(maps, masks, thresholds)  # edges too dense for one fix-up compare
     B = maps.shape[0]
     out = np.zeros((B, 2, K + 2), dtype=np.int64)
     if maps.size == 0:
         return out
     if maps.dtype != np.float32:
         return pxap_histograms(maps, masks, thresholds)
+    flat_maps = np.ascontiguousarray(maps).reshape(B, -1)
+    flat_masks = np.ascontiguousarray(masks, np.uint8).reshape(B, -1)
+    M = _uniform_grid_multiplier(edges)
+    if M is not None:  # the default grids: arithmetic bins, no table
+        (_pxap_hist_grid_parallel if parallel else _pxap_hist_grid)(flat_maps, flat_masks, M, K, out)
+        return out
+    if np.diff(edges[: K + 1]).min(initial=1.0) <= 1.0 / _PXAP_LUT_SIZE:
+        return pxap_histograms(maps, masks, thresholds)  # edges too dense for one fix-up compare
     lut = np.searchsorted(edges[: K + 1], np.arange(_PXAP_LUT_SIZE + 1) / _PXAP_LUT_SIZE, side="right")
     cat = np.full(256, 2, np.uint8)
     cat[1], cat[0] = 0, 1
     kernel = _pxap_hist_unit_parallel if parallel else _pxap_hist_unit
-    kernel(np.ascontiguousarray(maps).reshape(B, -1), np.ascontiguousarray(masks, np.uint8).reshape(B, -1),
-           _edges_f32_up(edges), lut.astype(np.uint16), cat, out)
+    kernel(flat_maps, flat_masks, _edges_f32_up(edges), lut.astype(np.uint16), cat, out)
     return out
 
 

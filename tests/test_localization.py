@@ -343,10 +343,15 @@ def test_pxap_histogram_bins_grid_values_like_numpy():
     np.testing.assert_array_equal(hist[0, 1], np.histogram(s64[m == 0], bins=edges)[0])
 
 
-@pytest.mark.parametrize("thresholds", [GRID, threshold_grid(0.05), [0.2, 0.5, 0.9], np.sort(np.r_[0.3, 0.3 + 1e-5, 0.7])])
+@pytest.mark.parametrize("thresholds", [GRID, threshold_grid(0.05), threshold_grid(0.001), [0.0, 1 / 3, 2 / 3],
+                                        [0.2, 0.5, 0.9], np.sort(np.r_[0.3, 0.3 + 1e-5, 0.7])])
 def test_pxap_unit_histogram_matches_numpy(thresholds):
-    # the metric's branch-free path (maps known in [0, 1]); the last grid is too dense for it (fallback)
-    from camlab.localization import _pxap_histograms_unit
+    # the metric's branch-free paths (maps known in [0, 1]): arithmetic bins for the uniform grids (the first four),
+    # a table and one compare for the others; the last grid is too dense for the table (fallback)
+    from camlab.localization import _pxap_histograms_unit, _uniform_grid_multiplier, pxap_bin_edges
+
+    uniform = _uniform_grid_multiplier(pxap_bin_edges(thresholds))
+    assert uniform == (len(thresholds) if len(thresholds) in (100, 20, 1000) or thresholds[1] == 1 / 3 else None)
 
     rng = np.random.default_rng(4)
     t = np.asarray(thresholds, np.float64)

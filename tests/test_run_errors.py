@@ -221,3 +221,23 @@ def test_eval_of_a_plain_state_dict_says_how_to_load_it(tmp_path):
     cfg = composed("eval", [*DATA, "callbacks=[cam_localization]", f"ckpt_path={sd}"], tmp_path / "eval")
     with pytest.raises(ConfigError, match="not a Lightning/camlab checkpoint.*torchvision.arch=<arch>"):
         evaluate(cfg)
+
+
+def test_failure_checkpoint_does_not_save_under_ddp_or_before_a_step(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from camlab.resume import FailureCheckpoint
+
+    saved = []
+    cb = FailureCheckpoint(tmp_path)
+
+    def trainer(fn="fit", step=5, world=1):
+        return SimpleNamespace(state=SimpleNamespace(fn=fn), global_step=step, world_size=world,
+                               save_checkpoint=lambda p: saved.append(p))
+
+    cb.on_exception(trainer(world=2), None, RuntimeError("x"))  # a save under DDP could hang
+    cb.on_exception(trainer(step=0), None, RuntimeError("x"))  # nothing trained yet
+    cb.on_exception(trainer(fn="validate"), None, RuntimeError("x"))  # not fitting
+    assert saved == [] and "not saved" in caplog.text
+    cb.on_exception(trainer(), None, RuntimeError("x"))
+    assert saved == [tmp_path / "on_exception.ckpt"]
