@@ -185,6 +185,28 @@ def _normalize_u8_f32(cams, out, u8, vmax):
     return ok
 
 
+@njit(cache=True, inline="always")
+def _grid_index(s, m, M, K, nb):
+    # PxAP bin of a float32 s in [0, 1] on a uniform grid k / M (see _uniform_grid_multiplier), offset by the
+    # pixel's category (0 fg, 1 bg, 2 dropped) times nb = K + 3, plus 1 (the sub-histogram layout)
+    b = min(np.int32(np.float64(s) * M), np.int32(K))  # the float64 product is exact; s = 1.0: bin K, [1, 2)
+    c = np.int32(2) - np.int32(m == 0) - np.int32(2) * np.int32(m == 1)
+    return np.uint16(b + 1 + c * nb)
+
+
+@njit(cache=True, inline="always")
+def _scatter_index(idx, n, nb, sub, out):
+    # out (2, K + 2) += the histogram of idx[:n] (from _grid_index), through four interleaved sub-histograms
+    # (they break the read-modify-write chains of equal bins)
+    sub[:] = 0
+    for p in range(n):
+        sub[np.uint32((p & 3) * 3 * nb) + np.uint32(idx[p])] += 1
+    for q in range(4):
+        for c in range(2):
+            for b in range(1, nb):
+                out[c, b - 1] += sub[(3 * q + c) * nb + b]
+
+
 def _scoremaps_u8(maps: np.ndarray, check: bool) -> tuple[np.ndarray, np.ndarray]:
     """(B, H, W) float maps -> (uint8 maps as :func:`scoremap_to_uint8`, (B,) int64 max of each).
 
@@ -1042,21 +1064,11 @@ def _pxap_hist_unit_parallel(scores, masks, e32, lut, cat, out):
 def _pxap_hist_grid_one(scores, masks, M, K, out, sub, idx):
     # _pxap_hist_unit_one for a uniform grid (thresholds k / M, k < K = M; see _uniform_grid_multiplier): the bin of
     # a float32 s in [0, 1] is floor(s * M), the product taken in float64, where it is exact (24 + 30 bits < 53).
-    # No table lookups, so the first pass vectorizes; the category is arithmetic (0 fg, 1 bg, 2 dropped).
+    # No table lookups, so the first pass vectorizes; the category is arithmetic.
     nb = K + 3
-    n = scores.shape[0]
-    for p in range(n):
-        b = min(np.int32(np.float64(scores[p]) * M), np.int32(K))  # s = 1.0: bin K, [1, 2)
-        m = masks[p]
-        c = np.int32(2) - np.int32(m == 0) - np.int32(2) * np.int32(m == 1)
-        idx[p] = np.uint16(b + 1 + c * nb)
-    sub[:] = 0
-    for p in range(n):
-        sub[np.uint32((p & 3) * 3 * nb) + np.uint32(idx[p])] += 1
-    for q in range(4):
-        for c in range(2):
-            for b in range(1, nb):
-                out[c, b - 1] += sub[(3 * q + c) * nb + b]
+    for p in range(scores.shape[0]):
+        idx[p] = _grid_index(scores[p], masks[p], M, K, nb)
+    _scatter_index(idx, scores.shape[0], nb, sub, out)
 
 
 @njit(cache=True, nogil=True)
