@@ -185,28 +185,6 @@ def _normalize_u8_f32(cams, out, u8, vmax):
     return ok
 
 
-@njit(cache=True, inline="always")
-def _grid_index(s, m, M, K, nb):
-    # PxAP bin of a float32 s in [0, 1] on a uniform grid k / M (see _uniform_grid_multiplier), offset by the
-    # pixel's category (0 fg, 1 bg, 2 dropped) times nb = K + 3, plus 1 (the sub-histogram layout)
-    b = min(np.int32(np.float64(s) * M), np.int32(K))  # the float64 product is exact; s = 1.0: bin K, [1, 2)
-    c = np.int32(2) - np.int32(m == 0) - np.int32(2) * np.int32(m == 1)
-    return np.uint16(b + 1 + c * nb)
-
-
-@njit(cache=True, inline="always")
-def _scatter_index(idx, n, nb, sub, out):
-    # out (2, K + 2) += the histogram of idx[:n] (from _grid_index), through four interleaved sub-histograms
-    # (they break the read-modify-write chains of equal bins)
-    sub[:] = 0
-    for p in range(n):
-        sub[np.uint32((p & 3) * 3 * nb) + np.uint32(idx[p])] += 1
-    for q in range(4):
-        for c in range(2):
-            for b in range(1, nb):
-                out[c, b - 1] += sub[(3 * q + c) * nb + b]
-
-
 def _scoremaps_u8(maps: np.ndarray, check: bool) -> tuple[np.ndarray, np.ndarray]:
     """(B, H, W) float maps -> (uint8 maps as :func:`scoremap_to_uint8`, (B,) int64 max of each).
 
@@ -1018,6 +996,28 @@ _PXAP_LUT_SIZE = 4096  # buckets of [0, 1] for the histogram of maps known to li
 
 
 @njit(cache=True, inline="always")
+def _grid_index(s, m, M, K, nb):
+    # PxAP bin of a float32 s in [0, 1] on a uniform grid k / M (see _uniform_grid_multiplier), offset by the
+    # pixel's category (0 fg, 1 bg, 2 dropped) times nb = K + 3, plus 1 (the sub-histogram layout)
+    b = min(np.int32(np.float64(s) * M), np.int32(K))  # the float64 product is exact; s = 1.0: bin K, [1, 2)
+    c = np.int32(2) - np.int32(m == 0) - np.int32(2) * np.int32(m == 1)
+    return np.uint16(b + 1 + c * nb)
+
+
+@njit(cache=True, inline="always")
+def _scatter_index(idx, n, nb, sub, out):
+    # out (2, K + 2) += the histogram of idx[:n] (from _grid_index), through four interleaved sub-histograms
+    # (they break the read-modify-write chains of equal bins)
+    sub[:] = 0
+    for p in range(n):
+        sub[np.uint32((p & 3) * 3 * nb) + np.uint32(idx[p])] += 1
+    for q in range(4):
+        for c in range(2):
+            for b in range(1, nb):
+                out[c, b - 1] += sub[(3 * q + c) * nb + b]
+
+
+@njit(cache=True, inline="always")
 def _pxap_hist_unit_one(scores, masks, e32, lut, cat, out, sub, idx):
     # One image. scores (N,) float32 in [0, 1]; masks (N,) uint8; e32 (K + 3,) float32: the edges rounded up to
     # float32 (for a float32 s, s >= edge <=> s >= e32); lut (S + 1,) uint16: 1 + bin of k / S (0: below the
@@ -1033,13 +1033,7 @@ def _pxap_hist_unit_one(scores, masks, e32, lut, cat, out, sub, idx):
         s = scores[p]
         b = lut[np.uint32(s * S)]
         idx[p] = b + np.uint16(e32[b] <= s) + np.uint16(cat[masks[p]]) * np.uint16(nb)
-    sub[:] = 0
-    for p in range(n):
-        sub[np.uint32((p & 3) * 3 * nb) + np.uint32(idx[p])] += 1
-    for q in range(4):
-        for c in range(2):
-            for b in range(1, nb):
-                out[c, b - 1] += sub[(3 * q + c) * nb + b]
+    _scatter_index(idx, n, nb, sub, out)
 
 
 @njit(cache=True, nogil=True)
