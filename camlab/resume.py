@@ -91,19 +91,24 @@ class FailureCheckpoint(L.Callback):
 
     Only single-process runs: saving gathers every rank's random state, and under DDP the other ranks may be
     stuck in a collective, so a save there could hang; DDP runs keep their ``last.ckpt`` of the last epoch.
-    Nothing is saved before the first optimizer step, or outside ``fit``.
+    Nothing is saved before this process's first optimizer step (a resumed run that fails at once keeps the
+    checkpoint it started from), or outside ``fit``.
     """
 
     def __init__(self, dirpath: str | Path, filename: str = "on_exception") -> None:
         super().__init__()
         self.path = Path(dirpath) / f"{filename}.ckpt"
+        self._start_step: int | None = None  # the step training started from (after a restore)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start_step = trainer.global_step
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         import logging
 
         log = logging.getLogger("camlab.resume")
-        if trainer.state.fn != "fit" or trainer.global_step == 0:
-            return
+        if trainer.state.fn != "fit" or self._start_step is None or trainer.global_step <= self._start_step:
+            return  # nothing trained by this process: the checkpoint it started from (if any) holds it all
         if trainer.world_size > 1:
             log.warning("the run failed under DDP: its state is not saved at the failure (a save there could "
                         "hang); resume from the last epoch's checkpoint")

@@ -230,6 +230,7 @@ def test_failure_checkpoint_does_not_save_under_ddp_or_before_a_step(tmp_path, c
 
     saved = []
     cb = FailureCheckpoint(tmp_path)
+    cb.on_train_start(SimpleNamespace(global_step=0), None)
 
     def trainer(fn="fit", step=5, world=1):
         return SimpleNamespace(state=SimpleNamespace(fn=fn), global_step=step, world_size=world,
@@ -241,3 +242,20 @@ def test_failure_checkpoint_does_not_save_under_ddp_or_before_a_step(tmp_path, c
     assert saved == [] and "not saved" in caplog.text
     cb.on_exception(trainer(), None, RuntimeError("x"))
     assert saved == [tmp_path / "on_exception.ckpt"]
+    cb.on_train_start(SimpleNamespace(global_step=5), None)  # resumed at step 5, failed before a step of its own
+    cb.on_exception(trainer(step=5), None, RuntimeError("x"))
+    assert len(saved) == 1
+
+
+def test_resuming_with_more_steps_than_the_schedule_fails_before_training(tmp_path):
+    cfg = composed("train", [*QUICK, "trainer.max_epochs=2"], tmp_path)
+    train(cfg)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    # the same run dir with a longer run: OneCycleLR restored for 6 steps would crash at step 7
+    cfg = composed("train", [*QUICK, "trainer.max_epochs=3"], tmp_path)
+    with pytest.raises(ConfigError, match="resumes at step 6 with 9 optimizer steps in all, but its checkpoint's "
+                                          "OneCycleLR schedule was built for 6 steps"):
+        train(cfg)
+    assert last.read_bytes() == before  # nothing trained, nothing overwritten
+    assert not (tmp_path / "checkpoints" / "on_exception.ckpt").exists()  # the checkpoint it started from is it

@@ -90,6 +90,30 @@ class CAMClassifier(L.LightningModule):
     def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
 
+    def on_train_start(self) -> None:
+        # After a resume the restored scheduler keeps the length it was built for. A run resumed with more
+        # optimizer steps (a larger trainer.max_epochs, more data, fewer devices) would crash at the old end
+        # ("Tried to step N times"): say so before training, not after hours.
+        if self.trainer.global_step == 0:
+            return
+        total = int(self.trainer.estimated_stepping_batches)
+        for config in self.trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            length = getattr(sched, "total_steps", None) or getattr(sched, "T_max", None)
+            if length is None:
+                continue
+            if any("max_lr" not in g for g in sched.optimizer.param_groups) and hasattr(sched, "total_steps"):
+                length = 0  # the checkpoint was written without this schedule (a run too short for one)
+            if total > length:
+                raise ConfigError(
+                    f"this run resumes at step {self.trainer.global_step} with {total} optimizer steps in all, but "
+                    f"its checkpoint's {type(sched).__name__} schedule was built for {length or 'no'} steps: resume "
+                    f"with the overrides of the run that wrote it (trainer.max_epochs, data, devices), or start a "
+                    f"new run (backbone.pretrained=<checkpoint> takes its backbone weights)")
+            if total < length:
+                rank_zero_warn(f"{type(sched).__name__}: this resumed run has {total} optimizer steps in all, its "
+                               f"checkpoint's schedule {length}: the learning rate will not finish its schedule")
+
     def on_train_epoch_start(self) -> None:
         self._train_correct = torch.zeros((), device=self.device)  # this rank's epoch sums for train/acc
         self._train_seen = 0
