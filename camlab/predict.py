@@ -217,7 +217,7 @@ def _check_device(device: str) -> str:
     elif dev.type != "cpu":
         try:
             torch.empty(1, device=dev)
-        except Exception:  # noqa: BLE001 - backends fail with RuntimeError, NotImplementedError, AssertionError
+        except Exception:  # noqa: BLE001 - an unusable backend raises one of several error types
             raise PredictError(f"--device {device}: no usable {dev.type} device here (use --device cpu"
                                f"{' or cuda' if torch.cuda.is_available() else ''})") from None
     return device
@@ -305,8 +305,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise PredictError(f"--threshold must be in [0, 1), got {args.threshold}")
     if args.topk < 1:
         raise PredictError(f"--topk must be >= 1, got {args.topk}")
-    if args.batch_size < 1:  # parse_args checks it; run() may be given a Namespace built in Python
-        raise PredictError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.image_size is not None and args.image_size < 1:
         raise PredictError(f"--image-size must be >= 1, got {args.image_size}")
     device = _check_device(args.device)

@@ -9,6 +9,7 @@ every rank's global RNG states (torch, CUDA, numpy, Python) in the checkpoint an
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import lightning.pytorch as L
 import numpy as np
 import torch
+
+log = logging.getLogger("camlab.resume")
 
 
 def last_checkpoint(checkpoint_dir: str | Path) -> str | None:
@@ -104,9 +107,6 @@ class FailureCheckpoint(L.Callback):
         self._start_step = trainer.global_step
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        import logging
-
-        log = logging.getLogger("camlab.resume")
         if trainer.state.fn != "fit" or self._start_step is None or trainer.global_step <= self._start_step:
             return  # nothing trained by this process: the checkpoint it started from (if any) holds it all
         if trainer.world_size > 1:
