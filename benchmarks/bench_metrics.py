@@ -1,6 +1,12 @@
 """MaxBoxAccV2 + PxAP on N CAMs at 224x224 (100-point grid): camlab's metrics vs a plain loop.
 
-    python benchmarks/bench_metrics.py [--n 1000] [--rounds 5] [--parallel] [--size 224]
+    python benchmarks/bench_metrics.py [--n 1000] [--rounds 5] [--parallel] [--size 224] [--kind bench]
+                                       [--dtype float32]
+
+``--kind`` picks the maps: ``bench`` (default; the smooth blobs of :func:`make_data`) or a kind of
+``map_kinds.py`` (blobs, components, noise, rings, lines, ties, border, rectangles, special; 1-3 GT boxes and
+masks with ignore pixels) or ``mix`` (all of them in equal shares), in ``--dtype``. For the comparison with
+wsolevaluation's own evaluator code, per kind, see ``bench_wsoleval.py``.
 
 The plain loop is the obvious per-image, per-threshold procedure (wsoleval's): uint8 map, cv2 threshold,
 tree-mode findContours, boundingRect per contour, inclusive IoU, then per-image float64 histograms for
@@ -17,15 +23,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from camlab.localization import threshold_grid
-from camlab.metrics import WSOLMetrics
+from camlab.wsol import WSOLMetrics, threshold_grid
 
 
 def make_data(n: int, size: int = 224, seed: int = 0):
@@ -54,7 +61,7 @@ def make_data(n: int, size: int = 224, seed: int = 0):
     return cams, boxes, torch.ones(n, dtype=torch.long), masks
 
 
-def plain_loop(cams: np.ndarray, boxes: np.ndarray, masks: np.ndarray, grid: np.ndarray):
+def plain_loop(cams: np.ndarray, boxes: np.ndarray, masks: np.ndarray, grid: np.ndarray, num: np.ndarray):
     """The obvious per-image, per-threshold implementation. Returns (MaxBoxAccV2 parts, curves, PxAP)."""
     n, H, W = cams.shape
     ious = (30, 50, 70)
@@ -64,7 +71,7 @@ def plain_loop(cams: np.ndarray, boxes: np.ndarray, masks: np.ndarray, grid: np.
     bg_hist = np.zeros(len(edges) - 1)
     for i in range(n):
         u8 = (cams[i] * 255).astype(np.uint8)
-        gt = boxes[i].astype(np.float64).astype(np.int64)  # int() truncation
+        gt = boxes[i, : num[i]].astype(np.float64).astype(np.int64)  # int() truncation
         best_per_thr = np.zeros(len(grid))
         for j, t in enumerate(grid):
             _, binary = cv2.threshold(u8, int(t * u8.max()), 255, cv2.THRESH_BINARY)
@@ -101,9 +108,11 @@ def fast(cams, boxes, num, masks, grid, parallel=False, batch=64):
     for s in range(0, cams.shape[0], batch):
         sl = slice(s, min(s + batch, cams.shape[0]))  # views, as a callback gets its batch tensors
         wm.update(cams[sl], boxes=boxes[sl], num_boxes=num[sl], masks=masks[sl], index=torch.arange(sl.start, sl.stop))
-    out = wm.box_v2.compute() | wm.pxap.compute()
-    state_bytes = sum(t.numel() * t.element_size() for m in wm._metrics() for name in m._defaults
-                      for t in getattr(m, name))
+    report = wm.report()
+    out = {k: torch.tensor(v) for k, v in report.scalars.items()}
+    out.update({k.replace("/IoU", "/curve/IoU"): torch.tensor(v) for k, v in report.curves.items()
+                if k.startswith("MaxBoxAccV2/")})
+    state_bytes = sum(t.numel() * t.element_size() for name in wm.state_names for t in getattr(wm, name))
     return out, state_bytes
 
 
@@ -121,11 +130,25 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--rounds", type=int, default=5, help="rounds, each timing both paths (alternating order)")
     ap.add_argument("--parallel", action="store_true", help="numba threads over the images of a batch")
+    ap.add_argument("--kind", default="bench", help="bench (default), a kind of map_kinds.py, or mix")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="of the map_kinds maps")
     args = ap.parse_args()
     grid = threshold_grid(0.01)
-    cams, boxes, num, masks = make_data(args.n, args.size)
+    if args.kind == "bench":
+        cams, boxes, num, masks = make_data(args.n, args.size)
+    else:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from map_kinds import KINDS, make_kind, make_mix
+
+        if args.kind not in (*KINDS, "mix"):
+            ap.error(f"--kind must be bench, mix or one of {', '.join(KINDS)}")
+        dtype = np.dtype(args.dtype)
+        d = (make_mix(max(1, args.n // len(KINDS)), args.size, dtype) if args.kind == "mix"
+             else make_kind(args.kind, args.n, args.size, dtype))
+        cams, boxes, num, masks = (torch.from_numpy(a) for a in (d.maps, d.boxes, d.num_boxes, d.masks))
+        args.n = len(d)
     fast(cams[:2], boxes[:2], num[:2], masks[:2], grid, args.parallel)  # JIT / cache load outside timing
-    np_args = (cams.numpy(), boxes.numpy(), masks.numpy(), grid)
+    np_args = (cams.numpy(), boxes.numpy(), masks.numpy(), grid, num.numpy())
 
     t_plain, t_fast, ratios = [], [], []
     for r in range(args.rounds):
@@ -145,8 +168,8 @@ def main() -> None:
               f"load {os.getloadavg()[0]:.2f}", flush=True)
 
     n = args.n
-    print(f"\nimages: {n} x {args.size}x{args.size}, thresholds: {len(grid)}, numba threads: "
-          f"{'on' if args.parallel else 'off'}, torch threads: {torch.get_num_threads()}")
+    print(f"\nimages: {n} x {args.size}x{args.size} ({args.kind}, {cams.dtype}), thresholds: {len(grid)}, "
+          f"numba threads: {'on' if args.parallel else 'off'}, torch threads: {torch.get_num_threads()}")
     print(f"MaxBoxAccV2 = {out['MaxBoxAccV2'].item():.4f} (IoU30/50/70 = "
           f"{best[30]:.1f}/{best[50]:.1f}/{best[70]:.1f}), PxAP = {pxap:.4f}: identical in both paths, every round")
     print(f"plain loop : median {statistics.median(t_plain) / n * 1e3:7.3f} ms/image")

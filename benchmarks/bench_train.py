@@ -2,7 +2,7 @@
 
 Both loops train the same model (the default config's backbone and head) on the same data loader with the same
 optimizer, scheduler (stepped every batch), loss and batch size, in one process with the same thread count and
-the process settings camlab-train applies (``camlab.utils.configure_process``: glibc malloc tuning, matmul
+the process settings camlab-train applies (``camlab.runtime.process.configure_process``: glibc malloc tuning, matmul
 precision). Both compute the training accuracy every step and keep the epoch's loss/accuracy sums (camlab logs
 ``train/acc`` per epoch), and the plain loop reads the loss every ``trainer.log_every_n_steps`` steps (camlab's
 CSV rows). Lightning runs the default callbacks (Rich progress bar drawing 5 times a second into a terminal,
@@ -91,7 +91,7 @@ def lightning_epochs(cfg, dm, epochs: int, terminal) -> tuple[float, int, StepCl
             callbacks.append(instantiate(node, console_kwargs={"force_terminal": True, "file": terminal}))
         else:
             callbacks.append(instantiate(node, _convert_="partial"))
-    from camlab.utils import instantiate_group
+    from camlab.runtime.config import instantiate_group
 
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, _Timer()],
                                      logger=instantiate_group(cfg.logger), max_epochs=epochs, limit_val_batches=0,
@@ -153,7 +153,7 @@ def main() -> None:
     ap.add_argument("--no-tune-malloc", action="store_true", help="glibc's default malloc settings (tune_malloc=false)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    from camlab.utils import configure_process
+    from camlab.runtime.process import configure_process
 
     with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as terminal:
         cfg = build(["callbacks=default", f"tune_malloc={not args.no_tune_malloc}", *args.overrides], tmp)

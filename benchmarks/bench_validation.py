@@ -7,18 +7,15 @@ MaxBoxAccV2 + PxAP + top-k loc every epoch, curves CSV/PNG and overlays; MaxBoxA
 The three are timed in every round, in rotating order, in one process; the reported figures are medians of
 the per-round ratios. The model is trained for one short epoch first so that its CAMs look like a real run's.
 
-Until 2026-11-30 the worker thread ran the CAM einsum and upsampling, so it owned an OpenMP team of its own; the
-process then had more OpenMP threads than CPUs and libgomp throttled its spin-waiting for the *whole* process. That
-made this benchmark's "background" variant look faster under contention, and it made the default run's training
-epochs ~18 % slower (``benchmarks/bench_run.py``). The maps are now built on the main thread and the worker starts
-no team (tests/test_metrics.py checks it), so every variant runs in the same regime; ``OMP_WAIT_POLICY=PASSIVE``
-is no longer needed for a fair comparison (it changes all three alike).
+The maps are built on the main thread and the worker starts no OpenMP team (a test checks it), so every variant
+runs in the same threading regime (a second team on the worker would make libgomp throttle its spin-waiting for
+the whole process, see METRICS_NOTES.md).
 
 ``--breakdown`` also times each piece of the callback's work on the same batches in isolation (model
 forward, CAM einsum, upsampling, the fused normalize/uint8 pass, each metric's update, compute, curves CSV
-and plot, overlay collection, grid rendering, JPEG and PNG encoding). Inside ``WSOLMetrics.update`` top-k loc
-reuses the MaxBoxAccV2 kernel's run of the batch, so "(all)" is less than the sum of the updates alone;
-alternating order, median over rounds.
+and plot, overlay collection, grid rendering, JPEG and PNG encoding). ``WSOLMetrics.update`` makes one kernel
+call per batch (the fixed localization threshold rides along with the grid); alternating order, median over
+rounds.
 
     python benchmarks/bench_validation.py [--rounds 5] [--breakdown] [--torch-threads N] [overrides ...]
 """
@@ -42,10 +39,8 @@ def breakdown(model, dm, cb, rounds: int) -> None:
     import numpy as np
 
     from camlab.cam import upsample
-    from camlab.callbacks import encode_jpeg, encode_png, plot_curves, write_curves_csv
-    from camlab.localization import _all_contours_batch, _cut_levels, _prepare_gt, _pxap_histograms_unit
-    from camlab.metrics import ScoreMaps
-    from camlab.viz import render_grid
+    from camlab.wsol import ScoreMaps, pxap_histograms, scan_levels
+    from camlab.viz import encode_jpeg, encode_png, plot_curves, render_grid, write_curves_csv
 
     model.eval()
     dev = next(model.parameters()).device
@@ -81,43 +76,27 @@ def breakdown(model, dm, cb, rounds: int) -> None:
         for u in ups:
             ScoreMaps.normalize(u)
 
+    loc_grid = np.append(grid, cb.cam_threshold)
+
     def v2_kernel():
         for s, b in zip(sms, batches):
-            gt, n_gt = _prepare_gt(b["boxes"], b["num_boxes"], s.shape[0])
-            levels = _cut_levels(s.vmax, grid)
-            _all_contours_batch(s.u8, levels, gt, n_gt, np.zeros(levels.shape))
+            scan_levels(s, b["boxes"], b["num_boxes"], loc_grid)
 
     def pxap_kernel():
         for s, b in zip(sms, batches):
-            _pxap_histograms_unit(s.maps, b["mask"].numpy(), grid)
-
-    def update(name):
-        def run():
-            m = getattr(wm, name)
-            m.reset()
-            for s, b, o in zip(sms, batches, outs):
-                s.__dict__.pop("_levels_cache", None)  # a fresh batch: no kernel run to reuse
-                if name == "box_v2":
-                    m.update(s, b["boxes"], b["num_boxes"], b["index"])
-                elif name == "pxap":
-                    m.update(s, b["mask"], b["index"])
-                else:
-                    m.update(s, b["boxes"], b["num_boxes"], o["logits"], b["label"], b["index"])
-        return run
+            pxap_histograms(s, b["mask"], grid)
 
     def all_updates():
         wm.reset()
         for s, b, o in zip(sms, batches, outs):
-            s.__dict__.pop("_levels_cache", None)
             wm.update(s, logits=o["logits"], labels=b["label"], boxes=b["boxes"], num_boxes=b["num_boxes"],
                       masks=b["mask"], index=b["index"])
 
     all_updates()
-    curves = wm.curves()
+    curves = wm.report().curves
 
     def compute():
-        wm.compute()
-        wm.curves()
+        wm.report()
 
     def overlays():
         cb._overlays, cb._grid, out_dir, take = [], None, cb.output_dir, cb.num_overlays
@@ -137,13 +116,10 @@ def breakdown(model, dm, cb, rounds: int) -> None:
         "CAM einsum": cam,
         "upsample": up,
         "normalize + uint8 (fused)": normalize,
-        "MaxBoxAccV2 kernel": v2_kernel,
-        "MaxBoxAccV2 update": update("box_v2"),
+        "box kernel (scan_levels)": v2_kernel,
         "PxAP histograms": pxap_kernel,
-        "PxAP update": update("pxap"),
-        "top-k loc update (alone)": update("topk_loc"),
         "WSOLMetrics.update (all)": all_updates,
-        "compute + curves": compute,
+        "report (compute + curves + rows)": compute,
         "overlay collection (+ batch CAMs)": overlays,
         "curves CSV": lambda: write_curves_csv(curves, tmp / "c.csv"),
         "curves PNG plot": lambda: plot_curves(curves, tmp / "c.png", title="val epoch 0"),
@@ -171,7 +147,7 @@ def main() -> None:
     import lightning.pytorch as L
 
     from camlab.callbacks import CAMLocalization
-    from camlab.utils import instantiate_group
+    from camlab.runtime.config import instantiate_group
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)

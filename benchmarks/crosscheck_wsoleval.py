@@ -5,11 +5,12 @@
     python benchmarks/crosscheck_wsoleval.py --wsoleval /path/to/wsolevaluation [--n 200] [--size 224]
 
 Imports ``evaluation.py`` from a checkout of clovaai/wsolevaluation (nothing of it is copied into camlab) and feeds
-the same score maps, boxes and masks to its evaluators and to :class:`camlab.metrics.WSOLMetrics`:
+the same score maps, boxes and masks to its evaluators and to :class:`camlab.wsol.WSOLMetrics`:
 
 * ``BoxEvaluator`` with all contours and IoU 30/50/70 (MaxBoxAccV2) and with the largest contour and IoU 50
   (MaxBoxAcc): the per-threshold correct counts and the best accuracies;
-* ``MaskEvaluator`` (PxAP): the value it returns;
+* ``MaskEvaluator`` (PxAP): the value it returns, and the precision and recall at each threshold from its
+  histograms (which locate a PxAP difference in a single map: PxAP alone can be blind to a whole map's shift);
 * GT-known loc (the CAM paper's protocol: largest contour at 0.2 of the map's max, IoU 50), which is its
   ``BoxEvaluator`` with the single threshold 0.2;
 * its ``inference.normalize_scoremap`` against :func:`camlab.cam.minmax_normalize` on raw float64 and float32 maps
@@ -24,7 +25,8 @@ the same score maps, boxes and masks to its evaluators and to :class:`camlab.met
 Its evaluators are built without their metadata files: the attributes their ``accumulate`` and ``compute`` read
 are set directly, and its module-level ``get_mask`` is replaced by a lookup of this script's masks. Its code uses
 ``np.float``, which numpy 1.24 removed; the script sets ``np.float = float`` (what that name meant) if it is absent.
-Its evaluators only take float64 maps, so every map kind is float64 (float32 kinds are upcast, exactly).
+Its evaluators only take float64 maps: the float32 kinds (``cams-f32`` and every ``*-f32``) go to camlab as float32
+(its float32 path) and to wsoleval as their exact float64 copies.
 
 Map kinds: ``cams`` (random blobs on a 7x7 grid resized with OpenCV bicubic in float64 and min-max normalized, as
 its inference.py does), ``cams-f32`` (the same computed in float32, as camlab's own pipeline gives its maps),
@@ -32,7 +34,15 @@ its inference.py does), ``cams-f32`` (the same computed in float32, as camlab's 
 float step around the threshold grid and the uint8 steps k/255). ``noise`` and ``ties`` maps have thousands of
 contours per threshold (wsoleval needs about 2.5 s per 224 px map), so they are made at ``--rough-size`` (64) px.
 GT: 1-3 integer boxes per image, the first one near the map's own blob except on noise and ties (IoUs spread around
-the thresholds); masks are the boxes, with an ignore band (255). The script exits with status 1 on any difference.
+the thresholds); masks are the boxes, with an ignore band (255).
+
+Also every kind of ``map_kinds.py`` (the kinds ``bench_wsoleval.py`` times), in float64 and float32, at ``--size``:
+``blobs-f64``, ``blobs-f32``, ``components-*``, ``noise-*`` (attribution-like, upsampled and uniform noise in turn;
+at most ``--noise-n`` maps, as wsoleval needs up to 3 s per 224 px map), ``rings-*``, ``lines-*``, ``ties-*`` (values
+exactly on k/100 and k/255), ``border-*``, ``rectangles-*``, ``special-*`` (constant, zero, hot-pixel, tiny-max maps);
+with their own GT (float ``xyxy`` boxes with fractional parts, some reaching ``size``) and masks (object shapes, an
+ignore box or band). Where a kind differs, the maps that differ on their own are listed. The script exits with
+status 1 on any difference.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ import io
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import cv2
@@ -54,10 +65,14 @@ from camlab.cam import minmax_normalize
 from camlab.data.masks import MaskSpec
 from camlab.data.transforms import scale_boxes
 from camlab.data.wsoleval import WSOLEvalDataset, read_wsoleval
-from camlab.localization import gt_boxes_to_int
-from camlab.metrics import WSOLMetrics
+from camlab.wsol import WSOLMetrics, gt_boxes_to_int
 
-KINDS = ("cams", "cams-f32", "noise", "ties", "edges")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import map_kinds  # noqa: E402
+
+OLD_KINDS = ("cams", "cams-f32", "noise", "ties", "edges")
+MAP_KINDS = tuple(f"{k}-{d}" for k in map_kinds.KINDS for d in ("f64", "f32"))
+KINDS = OLD_KINDS + MAP_KINDS
 
 
 def load_wsoleval(root: Path):
@@ -148,17 +163,75 @@ def make_targets(maps: np.ndarray, rng: np.random.Generator, near_blob: bool = T
     return boxes, counts, masks
 
 
+def wsoleval_box_evaluator(E, grid, ious, multi_contour: bool, boxes, counts):
+    """Its ``BoxEvaluator`` without metadata: the attributes ``accumulate`` and ``compute`` read, set directly.
+
+    ``boxes`` (n, G, 4) xyxy (ints or floats; ``int()`` of each coordinate, as its ``resize_bbox`` returns them),
+    ``counts`` (n,) the valid boxes per image; image ids are 0..n-1.
+    """
+    ev = object.__new__(E.BoxEvaluator)
+    ev.cam_threshold_list, ev.iou_threshold_list, ev.multi_contour_eval = list(grid), list(ious), multi_contour
+    ev.num_correct = {k: np.zeros(len(grid)) for k in ious}
+    ev.cnt = 0
+    ev.gt_bboxes = {i: [tuple(int(v) for v in boxes[i, g]) for g in range(counts[i])] for i in range(len(boxes))}
+    return ev
+
+
+def wsoleval_mask_evaluator(E, grid):
+    """Its ``MaskEvaluator`` without metadata (image ids 0..n-1); accumulate inside :func:`wsoleval_masks`."""
+    mev = object.__new__(E.MaskEvaluator)
+    mev.cam_threshold_list, mev.split = list(grid), "crosscheck"
+    mev.num_bins = len(grid) + 2
+    mev.threshold_list_right_edge = np.append(grid, [1.0, 2.0, 3.0])
+    mev.gt_true_score_hist = np.zeros(mev.num_bins, dtype=np.float64)
+    mev.gt_false_score_hist = np.zeros(mev.num_bins, dtype=np.float64)
+    mev.mask_root = None
+    mev.mask_paths = _Ids()
+    mev.ignore_paths = _Ids()
+    return mev
+
+
+class _Ids(dict):
+    def __missing__(self, key):
+        return key
+
+
+@contextlib.contextmanager
+def wsoleval_masks(E, masks):
+    """Its module-level ``get_mask`` replaced by a lookup of ``masks[image_id]`` while inside."""
+    saved = E.get_mask
+    E.get_mask = lambda root, key, ignore: masks[key]
+    try:
+        yield
+    finally:
+        E.get_mask = saved
+
+
+def wsoleval_pxap(mev) -> float:
+    # compute() prints its value, and divides 0 / 0 at the thresholds where nothing is predicted (masked out after)
+    with contextlib.redirect_stdout(io.StringIO()), np.errstate(invalid="ignore", divide="ignore"):
+        return float(mev.compute())
+
+
+def wsoleval_pr_curves(mev) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall of ``score >= t`` at its thresholds, ascending, from its histograms, computed as its
+    ``compute()`` does (precision 0 where nothing is predicted, where its value is 0 / 0)."""
+    tp = mev.gt_true_score_hist[::-1].cumsum()
+    fp = mev.gt_false_score_hist[::-1].cumsum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.nan_to_num(tp / (tp + fp), nan=0.0)
+        recall = tp / mev.gt_true_score_hist.sum()
+    idx = np.arange(mev.num_bins - 1, 1, -1)  # reversed cumulative index K + 1 - k <-> threshold k
+    return precision[idx], recall[idx]
+
+
 def wsoleval_results(E, maps, boxes, counts, masks, grid):
     thr = list(grid)
     out = {}
     # GT-known loc (CAM paper protocol) is its BoxEvaluator with the one threshold 0.2, the largest contour, IoU 50
     for name, multi, ious, grid_ in (("MaxBoxAccV2", True, [30, 50, 70], thr), ("MaxBoxAcc", False, [50], thr),
                                      ("gt_known_loc", False, [50], [0.2])):
-        ev = object.__new__(E.BoxEvaluator)
-        ev.cam_threshold_list, ev.iou_threshold_list, ev.multi_contour_eval = grid_, ious, multi
-        ev.num_correct = {k: np.zeros(len(grid_)) for k in ious}
-        ev.cnt = 0
-        ev.gt_bboxes = {i: [tuple(int(v) for v in boxes[i, g]) for g in range(counts[i])] for i in range(len(maps))}
+        ev = wsoleval_box_evaluator(E, grid_, ious, multi, boxes, counts)
         for i, m in enumerate(maps):
             ev.accumulate(m, i)
         best = ev.compute()
@@ -168,24 +241,12 @@ def wsoleval_results(E, maps, boxes, counts, masks, grid):
         for k, b in zip(ious, best):
             out[f"{name}/IoU{k}"] = float(b)
             out[f"{name}/curve/IoU{k}"] = ev.num_correct[k] * 100.0 / float(ev.cnt)
-    mev = object.__new__(E.MaskEvaluator)
-    mev.cam_threshold_list, mev.split = thr, "crosscheck"
-    mev.num_bins = len(thr) + 2
-    mev.threshold_list_right_edge = np.append(thr, [1.0, 2.0, 3.0])
-    mev.gt_true_score_hist = np.zeros(mev.num_bins, dtype=np.float64)
-    mev.gt_false_score_hist = np.zeros(mev.num_bins, dtype=np.float64)
-    mev.mask_root = None
-    mev.mask_paths = {i: i for i in range(len(maps))}
-    mev.ignore_paths = {i: None for i in range(len(maps))}
-    saved = E.get_mask
-    E.get_mask = lambda root, key, ignore: masks[key]
-    try:
+    mev = wsoleval_mask_evaluator(E, grid)
+    with wsoleval_masks(E, masks):
         for i, m in enumerate(maps):
             mev.accumulate(m, i)
-        with contextlib.redirect_stdout(io.StringIO()):  # compute() prints its value
-            out["PxAP"] = float(mev.compute())
-    finally:
-        E.get_mask = saved
+    out["PxAP"] = wsoleval_pxap(mev)
+    out["PxAP/precision"], out["PxAP/recall"] = wsoleval_pr_curves(mev)
     return out
 
 
@@ -199,9 +260,12 @@ def camlab_results(maps, boxes, counts, masks, grid, batch: int = 64):
         wm.update(torch.from_numpy(maps[sl]), boxes=torch.from_numpy(boxes[sl]).double(),
                   num_boxes=torch.from_numpy(counts[sl]), masks=torch.from_numpy(masks[sl]), logits=logits,
                   labels=labels, index=torch.arange(sl.start, sl.stop))
-    out = {k: float(v) for k, v in wm.compute().items() if v.ndim == 0}
-    curves = wm.box_v2.compute() | wm.box_v1.compute()
-    out.update({k: v.numpy() for k, v in curves.items() if "/curve/" in k})
+    report = wm.report()
+    out = {k: float(v) for k, v in report.scalars.items() if "/best_index/" not in k}
+    table = report.curves
+    out.update({k.replace("/IoU", "/curve/IoU"): np.asarray(v, np.float64) for k, v in table.items()
+                if k.startswith("MaxBoxAcc")})
+    out.update({k: np.asarray(table[k], np.float64) for k in ("PxAP/precision", "PxAP/recall") if k in table})
     return out
 
 
@@ -218,6 +282,30 @@ def compare(ours: dict, theirs: dict) -> list[str]:
         elif mine != v:
             diffs.append(f"{k}: camlab {mine!r} vs wsoleval {v!r}")
     return diffs
+
+
+def locate(E, maps, ours_maps, boxes, counts, masks, grid, limit: int = 5) -> list[str]:
+    """The maps that differ on their own (each map alone through both), with what differs."""
+    lines = []
+    for i in range(len(maps)):
+        one = slice(i, i + 1)
+        try:
+            theirs = wsoleval_results(E, maps[one], boxes[one], counts[one], masks[one], grid)
+        except RuntimeError as e:  # e.g. no positive GT pixel in this one mask: PxAP alone is undefined
+            theirs = {"error": str(e)}
+        if "error" in theirs:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            d = compare(camlab_results(ours_maps[one], boxes[one], counts[one], masks[one], grid), theirs)
+        if d:
+            m = ours_maps[i]
+            lines.append(f"{i} ({m.dtype}, max {m.max()!r}, {len(np.unique(m))} distinct values, GT boxes "
+                         f"{boxes[i, :counts[i]].tolist()}): " + "; ".join(d))
+            if len(lines) >= limit:
+                break
+    return lines or ["(no single map differs alone, also in PxAP's precision / recall curves: the difference comes "
+                     "from the sums over maps or from the scores at 1.0)"]
 
 
 def check_normalize(n: int, rng: np.random.Generator) -> list[str]:
@@ -330,6 +418,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200, help="maps per kind")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--rough-size", type=int, default=64, help="size of the noise and ties maps")
+    ap.add_argument("--noise-n", type=int, default=12, help="at most this many maps of the noise-f64/f32 kinds")
     ap.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS)
     ap.add_argument("--interval", type=float, default=0.01, help="threshold grid interval (theirs: np.arange(0, 1, .))")
     ap.add_argument("--seed", type=int, default=0)
@@ -340,25 +429,38 @@ def main() -> None:
     failed = False
     warm = make_maps("cams", 2, 32, np.random.default_rng(0))
     camlab_results(warm, *make_targets(warm, np.random.default_rng(0)), grid)  # numba compilation outside the timing
+    camlab_results(warm.astype(np.float32), *make_targets(warm, np.random.default_rng(0)), grid)
     for kind in args.kinds:
-        rng = np.random.default_rng([args.seed, KINDS.index(kind)])
-        size = args.rough_size if kind in ("noise", "ties") else args.size
-        maps = make_maps(kind, args.n, size, rng)
-        boxes, counts, masks = make_targets(maps, rng, near_blob=kind not in ("noise", "ties"))
+        if kind in OLD_KINDS:
+            rng = np.random.default_rng([args.seed, KINDS.index(kind)])
+            size = args.rough_size if kind in ("noise", "ties") else args.size
+            maps = make_maps(kind, args.n, size, rng)
+            boxes, counts, masks = make_targets(maps, rng, near_blob=kind not in ("noise", "ties"))
+            ours_maps = maps.astype(np.float32) if kind == "cams-f32" else maps  # exact: computed in float32
+        else:
+            base, dt = kind.rsplit("-", 1)
+            size = args.size
+            n = min(args.n, args.noise_n) if base == "noise" else args.n
+            data = map_kinds.make_kind(base, n, size, np.float64 if dt == "f64" else np.float32, args.seed)
+            ours_maps, boxes, counts, masks = data.maps, data.boxes, data.num_boxes, data.masks
+            maps = ours_maps.astype(np.float64)
         t0 = time.perf_counter()
         theirs = wsoleval_results(E, maps, boxes, counts, masks, grid)
         t1 = time.perf_counter()
-        ours = camlab_results(maps, boxes, counts, masks, grid)
+        ours = camlab_results(ours_maps, boxes, counts, masks, grid)
         t2 = time.perf_counter()
         diffs = compare(ours, theirs)
         summary = ", ".join(f"{k} {theirs[k]:.4f}" for k in ("MaxBoxAccV2/IoU30", "MaxBoxAccV2/IoU50",
                                                              "MaxBoxAccV2/IoU70", "MaxBoxAcc/IoU50", "PxAP",
                                                              "gt_known_loc"))
         status = "identical" if not diffs else f"{len(diffs)} DIFFERENCES"
-        print(f"{kind:9s} {args.n} maps {size}px: {status} ({summary}; wsoleval {t1 - t0:.1f} s, "
+        print(f"{kind:13s} {len(maps)} maps {size}px {ours_maps.dtype}: {status} ({summary}; wsoleval {t1 - t0:.1f} s, "
               f"camlab {t2 - t1:.2f} s)", flush=True)
         for d in diffs:
             print("   ", d)
+        if diffs:
+            for line in locate(E, maps, ours_maps, boxes, counts, masks, grid):
+                print("    map", line)
         failed |= bool(diffs)
     diffs = check_normalize(args.n, np.random.default_rng([args.seed, 98]))
     print(f"normalize {args.n} raw maps, float64 and float32: {'identical' if not diffs else f'{len(diffs)} DIFFERENCES'}"

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +13,13 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from PIL import Image, ImageDraw
 
 from camlab.cam import upsample
 from camlab.cam_methods import check_method, compute_cams
-from camlab.viz import OverlaySample, caption_font, denormalize, render_grid
+from camlab.worker import UpdateWorker
+from camlab.wsol import ScoreMaps, WSOLMetrics, WSOLReport, boxes_at_threshold
+from camlab.viz import (OverlaySample, denormalize, encode_jpeg, encode_png, plot_curves, render_grid,
+                        wandb_image, write_curves_csv)
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +30,21 @@ class CAMLocalization(L.Callback):
     The model's ``validation_step`` returns ``{"logits", "features"}`` from its one forward pass; this callback
     builds the CAMs from those features and the linear head (no second pass, no hooks), upsamples them
     bilinearly to the input size, min-max normalizes them and updates the metrics in
-    :class:`camlab.metrics.WSOLMetrics`. Metrics are logged as ``<stage>/loc/<name>`` (e.g.
+    :class:`camlab.wsol.WSOLMetrics`. Metrics are logged as ``<stage>/loc/<name>`` (e.g.
     ``val/loc/MaxBoxAccV2``, ``val/loc/PxAP``, ``val/loc/top1_loc``), in percent like the WSOL benchmark.
 
     Each epoch, rank 0 renders a fixed sample of images (the first ``num_overlays`` its validation loader
     yields; the loader does not shuffle, so the sample is the same every epoch) as a grid image under
-    ``output_dir`` (``overlay_format``: ``"jpg"``, quality 90, the default, or lossless ``"png"``, 9-16x slower to
+    ``output_dir`` (``overlay_format``: ``"jpg"``, quality 90, the default, or lossless ``"png"``, slower to
     encode) and sends it to TensorBoard / W&B when those loggers are active. The per-threshold curves
-    go to ``output_dir/curves_<stage>_epoch<NNN>.csv`` and a PNG plot.
+    go to ``output_dir/curves_<stage>_epoch<NNN>.csv`` every epoch, and the last epoch's plot to
+    ``output_dir/curves_<stage>.png`` at the end of the run (teardown).
 
     ``max_box_acc`` names the stages that also compute MaxBoxAcc (largest contour, IoU 50). Its box needs the
-    polygon area of the contours at every threshold level where the mask has several components (OpenCV there,
-    ~0.6 ms per 64 px image), so by default it runs on the test split only; MaxBoxAccV2, PxAP and top-k loc run
-    every validation epoch.
+    polygon area of the contours at every threshold level where the mask has several components (OpenCV there, the
+    slowest metric), so by default it runs on the test split only; MaxBoxAccV2, PxAP and top-k loc run every
+    validation epoch. ``last_reports[stage]`` keeps the last epoch's :class:`camlab.wsol.WSOLReport` (scalars,
+    curves, per-image rows) for :class:`camlab.per_image.PerImageWriter`.
 
     ``cam_method`` picks how the maps are built from those features (:data:`camlab.cam_methods.METHODS`):
     ``"cam"`` (the linear head's CAM), ``"gradcam"``, ``"gradcam_pp"``, ``"xgradcam"``, ``"layercam"``; the
@@ -51,7 +53,7 @@ class CAMLocalization(L.Callback):
 
     ``background=True`` (the default): the main thread only builds and upsamples the CAMs (torch); their
     normalization, the metric updates and the overlay grid (render + encode) run on one worker thread
-    (:class:`camlab.metrics.UpdateWorker`, FIFO), overlapping the next batch's forward pass: the numba
+    (:class:`camlab.worker.UpdateWorker`, FIFO), overlapping the next batch's forward pass: the numba
     kernels and OpenCV release the GIL. The worker is joined before ``compute()``; results are identical
     to ``background=False`` (the same calls in the same order), and an exception raised on the worker is
     re-raised on the main thread at the next batch or at the epoch end.
@@ -111,19 +113,18 @@ class CAMLocalization(L.Callback):
             raise ValueError(f"parallel must be true, false or 'auto', got {parallel!r}")
         self.parallel = parallel
         self._parallel, self._numba_threads = False, 1  # resolved in setup()
-        from camlab.metrics import UpdateWorker
-
         self._worker = UpdateWorker(max_pending=2, name="camlab-cam-metrics")
         self._metrics: dict[str, Any] = {}
         self._overlays: list[OverlaySample] = []
         self._overlays_taken = 0  # overlay samples requested this epoch (the worker may not have built them yet)
         self._grid = None  # the overlay grid of this epoch once rendered (and saved) on the worker
         self.last_results: dict[str, dict[str, float]] = {}
+        #: the last epoch's full report per stage (scalars, curves, per-image rows), on every rank
+        self.last_reports: dict[str, WSOLReport] = {}
+        self._last_curves: dict[str, tuple[dict, int]] = {}  # per stage: the last epoch's curves, for the plot
 
     # ---- metric objects ------------------------------------------------------------------------------
-    def _new_metrics(self, stage: str) -> Any:
-        from camlab.metrics import WSOLMetrics
-
+    def _new_metrics(self, stage: str) -> WSOLMetrics:
         return WSOLMetrics(
             cam_thresholds=self.grid_interval,
             iou_thresholds=self.iou_thresholds,
@@ -167,6 +168,11 @@ class CAMLocalization(L.Callback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._worker.close()
+        # The curve plot of each stage's last epoch, once per run: a matplotlib figure costs far more than the
+        # per-epoch CSV, and on a CPU run every core is busy with the training.
+        last, self._last_curves = self._last_curves, {}
+        for name, (curves, epoch) in last.items():
+            plot_curves(curves, self.output_dir / f"curves_{name}.png", title=f"{name} epoch {epoch}")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._worker.close(raise_errors=False)  # the run is failing already: stop the worker quietly
@@ -193,15 +199,15 @@ class CAMLocalization(L.Callback):
             part["overlay_images"], part["overlay_meta"] = batch["image"][:take], meta
         # The maps are built here, on the main thread, for every method: gradient methods run autograd in
         # Lightning's context, and a torch op large enough for OpenMP on the worker thread would give the process a
-        # second OpenMP team. libgomp then counts more threads than CPUs and throttles its spin-waiting, which slowed
-        # the default run's *training* epochs by 17.6 % on 2 vCPUs (benchmarks/METRICS_NOTES.md, Round 4).
+        # second OpenMP team; libgomp then counts more threads than CPUs and throttles its spin-waiting, which slows
+        # the training epochs (benchmarks/METRICS_NOTES.md).
         with torch.no_grad():
             maps = self._cam_maps(pl_module, outputs["features"], outputs["logits"], part, size, take)
-        work = (stage, pl_module, outputs["logits"], part, take, *maps)
+        work = BatchWork(stage, pl_module, outputs["logits"], part, take, *maps)
         if self.background:
-            self._worker.submit(self._update, *work)
+            self._worker.submit(self._update, work)
         else:
-            self._update(*work)
+            self._update(work)
 
     def _cam_maps(self, pl_module, features, logits, part, size, take) -> tuple:
         """(B, H, W) raw upsampled maps of the GT classes, and those of the predicted classes of the first
@@ -213,30 +219,29 @@ class CAMLocalization(L.Callback):
         score, pred = logits[:take].softmax(dim=1).max(dim=1)
         return maps, upsample(self._raw_cams(pl_module, features[:take], pred), size), score, pred
 
-    def _update(self, stage, pl_module, logits, part, take, maps, pred_maps, score, pred) -> None:
+    def _update(self, work: "BatchWork") -> None:
         """One batch's normalization, metric updates and overlays: on the worker thread when ``background=True``.
 
         The maps come from :meth:`_cam_maps` on the main thread; the work here is numpy / numba / OpenCV, plus torch
         ops on tensors too small for a parallel region (no OpenMP team on the worker thread).
         """
-        from camlab.metrics import ScoreMaps
-
+        part, take = work.part, work.take
         if self._parallel:  # numba's thread count is per calling thread
             import numba
 
             numba.set_num_threads(self._numba_threads)
         with torch.inference_mode():  # as Lightning's evaluation loop (thread-local, so set here too)
-            # (B, H, W) maps normalized on the CPU in one pass that also makes their uint8 copies; bit-identical
-            # to minmax_normalize (tests/test_metrics.py)
-            cams_gt = ScoreMaps.normalize(maps)
-            self._stage_metrics(stage, pl_module.device).update(
-                cams=cams_gt, logits=logits.float(), labels=part["label"], boxes=part.get("boxes"),
+            # (B, H, W) maps normalized on the CPU in one pass that also makes their uint8 copies (bit-identical
+            # to minmax_normalize)
+            cams_gt = ScoreMaps.normalize(work.maps)
+            self._stage_metrics(work.stage, work.pl_module.device).update(
+                cams=cams_gt, logits=work.logits.float(), labels=part["label"], boxes=part.get("boxes"),
                 num_boxes=part.get("num_boxes"), masks=part.get("mask"), index=part["index"])
             if take:
                 gt = ([part["boxes"][i, : int(part["num_boxes"][i])].tolist() for i in range(take)]
                       if "boxes" in part else [[] for _ in range(take)])
-                self._add_overlays(part["overlay_images"], pred_maps, gt, part["label"][:take], pred, score,
-                                   part["index"][:take], part["overlay_meta"])
+                self._add_overlays(part["overlay_images"], work.pred_maps, gt, part["label"][:take], work.pred,
+                                   work.score, part["index"][:take], part["overlay_meta"])
 
     def _raw_cams(self, pl_module: L.LightningModule, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         if self.cam_method == "cam":
@@ -255,13 +260,13 @@ class CAMLocalization(L.Callback):
     def _on_epoch_end(self, stage: str, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._worker.join()  # every batch's update has run (re-raises a worker exception)
         metrics = self._metrics.get(stage)
-        if metrics is None or not any(m.update_called for m in metrics._metrics()):
+        if metrics is None or not metrics.update_called:
             return
-        results = metrics.compute()  # every rank computes (collective sync inside)
-        values = {k: float(v) for k, v in results.items()}
-        self.last_results[stage] = values
+        report = metrics.report()  # every rank reports (one collective sync inside)
+        values = {k: float(v) for k, v in report.scalars.items() if "/best_index/" not in k}
+        self.last_results[stage], self.last_reports[stage] = values, report
         pl_module.log_dict({f"{stage}/loc/{k}": v for k, v in values.items()}, sync_dist=False)
-        curves = metrics.curves()
+        curves = report.curves
         metrics.reset()
         if trainer.is_global_zero:
             self._write_outputs(stage, trainer, curves)
@@ -279,9 +284,6 @@ class CAMLocalization(L.Callback):
     # ---- overlays ------------------------------------------------------------------------------------
     def _add_overlays(self, images, cams, gt, labels, pred, score, index, meta) -> None:
         """Overlay samples (predicted-class maps, upsampled, raw); renders and saves the grid once complete."""
-        from camlab.localization import boxes_at_threshold
-        from camlab.metrics import ScoreMaps
-
         mean, std, names, epoch = meta
         images = images.detach().float().cpu().numpy()
         maps = ScoreMaps.normalize(cams)  # bit-identical to minmax_normalize, with the uint8 maps
@@ -304,9 +306,10 @@ class CAMLocalization(L.Callback):
         if len(self._overlays) >= self.num_overlays:
             self._grid = self._save_grid(epoch)
 
-    def _save_grid(self, epoch: int):
-        """Render the overlay grid; write ``overlay_epoch<NNN>.<fmt>`` and ``overlay_latest.<fmt>``."""
-        grid = render_grid(self._overlays)
+    def _save_grid(self, epoch: int, samples: list[OverlaySample] | None = None):
+        """Render the overlay grid of ``samples`` (default: this epoch's); write ``overlay_epoch<NNN>.<fmt>`` and
+        ``overlay_latest.<fmt>``."""
+        grid = render_grid(self._overlays if samples is None else samples)
         if self.output_dir is not None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             fmt = self.overlay_format
@@ -317,28 +320,47 @@ class CAMLocalization(L.Callback):
 
     @rank_zero_only
     def _write_outputs(self, stage: str, trainer: L.Trainer, curves: dict[str, list[float]]) -> None:
-        epoch = trainer.current_epoch
-        out = self.output_dir
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-        if self.write_curves and out is not None and curves:
-            csv_path = out / f"curves_{stage}_epoch{epoch:03d}.csv"
-            write_curves_csv(curves, csv_path)
-            plot_curves(curves, out / f"curves_{stage}.png", title=f"{stage} epoch {epoch}")
-        if stage == "val" and self._overlays:
-            grid = self._grid if self._grid is not None else self._save_grid(epoch)  # fewer images than num_overlays
-            if self.log_images:
-                self._log_images(trainer, grid, curves)
+        """The epoch's curve files, overlay grid and images.
 
-    def _log_images(self, trainer: L.Trainer, grid, curves: dict[str, list[float]]) -> None:
+        With ``background=True`` the files and the grid's TensorBoard image are written on the worker, which is
+        joined before the next ``compute()`` and closed in ``teardown`` (its exceptions re-raised here, like the
+        updates'). So what they need is taken now: the next epoch refills ``self._overlays`` and moves the step.
+        """
+        epoch, step = trainer.current_epoch, trainer.global_step
+        samples = list(self._overlays) if stage == "val" else []
+        # the writer is created on this thread if need be; SummaryWriter.add_image may then run on the worker
+        tensorboards = ([lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+                        if samples and self.log_images else [])
+        job = dict(stage=stage, epoch=epoch, step=step, curves=curves if self.write_curves else {}, samples=samples,
+                   grid=self._grid, tensorboards=tensorboards)
+        if self.background:
+            self._worker.submit(self._write_files, **job)
+        else:
+            self._write_files(**job)
+        if samples and self.log_images:
+            self._log_images(trainer, samples, curves)
+
+    def _write_files(self, stage, epoch, step, curves, samples, grid, tensorboards) -> None:
+        """Curve CSV (the plot of the last one is drawn at teardown), the overlay grid (rendered here when the epoch had fewer images than ``num_overlays``)
+        and its TensorBoard image: on the worker thread when ``background=True``."""
+        out = self.output_dir
+        if out is not None and curves:
+            out.mkdir(parents=True, exist_ok=True)
+            write_curves_csv(curves, out / f"curves_{stage}_epoch{epoch:03d}.csv")
+            self._last_curves[stage] = (curves, epoch)  # plotted at teardown
+        if samples and grid is None and (out is not None or tensorboards):
+            grid = self._save_grid(epoch, samples)
+        for writer in tensorboards:
+            writer.add_image("val/cam_overlays", np.asarray(grid), step, dataformats="HWC")
+
+    def _log_images(self, trainer: L.Trainer, samples: list[OverlaySample], curves: dict[str, list[float]]) -> None:
+        """The overlays (with their boxes) and the curve table to W&B, from the main thread: ``Run.log`` takes no
+        lock around its step counter, and Lightning logs the metrics from this thread."""
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("val/cam_overlays", np.asarray(grid), trainer.global_step,
-                                            dataformats="HWC")
-            elif isinstance(logger, WandbLogger):
+            if isinstance(logger, WandbLogger):
                 import wandb
 
-                images = [wandb_image(s) for s in self._overlays]
+                images = [wandb_image(s) for s in samples]
                 logger.experiment.log({"val/cam_overlays": images, "trainer/global_step": trainer.global_step})
                 if curves:
                     cols = list(curves)
@@ -346,130 +368,16 @@ class CAMLocalization(L.Callback):
                     logger.experiment.log({"val/loc_curves": table, "trainer/global_step": trainer.global_step})
 
 
-def wandb_image(sample: OverlaySample):
-    """A ``wandb.Image`` of the CAM overlay with ground-truth and predicted boxes (pixel domain)."""
-    import wandb
+@dataclass
+class BatchWork:
+    """One batch's work for :meth:`CAMLocalization._update` (what crosses the worker queue)."""
 
-    from camlab.viz import heatmap_overlay
-
-    def box(b, caption, cls_id):
-        return {"position": {"minX": float(b[0]), "minY": float(b[1]), "maxX": float(b[2]), "maxY": float(b[3])},
-                "domain": "pixel", "class_id": cls_id, "box_caption": caption}
-
-    boxes = {"ground_truth": {"box_data": [box(b, sample.label, 0) for b in sample.gt_boxes],
-                              "class_labels": {0: "ground truth", 1: "prediction"}}}
-    if sample.pred_box is not None:
-        boxes["predictions"] = {"box_data": [box(sample.pred_box, f"{sample.pred} {sample.score:.2f}", 1)],
-                                "class_labels": {0: "ground truth", 1: "prediction"}}
-    return wandb.Image(heatmap_overlay(sample.image, sample.cam), boxes=boxes,
-                       caption=f"#{sample.index} {sample.label} -> {sample.pred} ({sample.score:.2f})")
-
-
-def write_curves_csv(curves: dict[str, list[float]], path: Path) -> Path:
-    cols = list(curves)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        for row in zip(*(curves[c] for c in cols)):
-            w.writerow([f"{v:.6g}" for v in row])
-    return path
-
-
-_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
-
-
-def _axes(img, draw, font, box, xlim, ylim, xlabel, ylabel, ticks_x, ticks_y):
-    """Frame, ticks, tick labels and axis labels of one panel; returns the data -> pixel mapping."""
-    x0, y0, x1, y1 = box
-    draw.rectangle(box, outline=(0, 0, 0))
-    for v in ticks_x:
-        px = x0 + (v - xlim[0]) / (xlim[1] - xlim[0]) * (x1 - x0)
-        draw.line([(px, y1), (px, y1 + 3)], fill=(0, 0, 0))
-        draw.text((px, y1 + 5), f"{v:g}", fill=(0, 0, 0), font=font, anchor="mt")
-    for v in ticks_y:
-        py = y1 - (v - ylim[0]) / (ylim[1] - ylim[0]) * (y1 - y0)
-        draw.line([(x0 - 3, py), (x0, py)], fill=(0, 0, 0))
-        draw.text((x0 - 5, py), f"{v:g}", fill=(0, 0, 0), font=font, anchor="rm")
-    draw.text(((x0 + x1) / 2, y1 + 18), xlabel, fill=(0, 0, 0), font=font, anchor="mt")
-    label = Image.new("RGB", (int(draw.textlength(ylabel, font=font)) + 2, 12), (255, 255, 255))
-    ImageDraw.Draw(label).text((1, 0), ylabel, fill=(0, 0, 0), font=font)
-    img.paste(label.rotate(90, expand=True), (x0 - 44, int((y0 + y1) / 2 - label.width / 2)))  # vertical label
-
-    def to_px(xs, ys):
-        pts = []
-        for x, y in zip(xs, ys):
-            if math.isfinite(x) and math.isfinite(y):
-                pts.append((x0 + (x - xlim[0]) / (xlim[1] - xlim[0]) * (x1 - x0),
-                            y1 - (min(max(y, ylim[0]), ylim[1]) - ylim[0]) / (ylim[1] - ylim[0]) * (y1 - y0)))
-        return pts
-
-    return to_px
-
-
-def plot_curves(curves: dict[str, list[float]], path: Path, title: str = "") -> Path:
-    """Box accuracy per CAM threshold (one line per IoU) and the pixel precision-recall curve, as a PNG.
-
-    Drawn with PIL (a few ms; matplotlib took ~70 ms per epoch on the 2-core CPU box).
-    """
-    W, H = 720, 280
-    img = Image.new("RGB", (W, H), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    font = caption_font()
-    draw.text((W / 2, 4), title, fill=(0, 0, 0), font=font, anchor="mt")
-    tx = [0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    left = _axes(img, draw, font, (60, 24, 340, 236), (0.0, 1.0), (0.0, 100.0), "CAM threshold", "box accuracy (%)",
-                 tx, [0, 20, 40, 60, 80, 100])
-    t = curves.get("threshold", [])
-    keys = [k for k in curves if k.startswith("MaxBoxAcc")]
-    for n, key in enumerate(keys):
-        color = _COLORS[n % len(_COLORS)]
-        pts = left(t, curves[key])
-        if len(pts) > 1:
-            draw.line(pts, fill=color, width=2)
-        ly = 28 + 12 * n
-        draw.line([(224, ly + 6), (236, ly + 6)], fill=color, width=2)
-        draw.text((239, ly), key, fill=(0, 0, 0), font=font)
-    if "PxAP/recall" in curves and "PxAP/precision" in curves:
-        right = _axes(img, draw, font, (420, 24, 700, 236), (0.0, 1.0), (0.0, 1.0), "pixel recall", "pixel precision",
-                      tx, tx)
-        pts = right(curves["PxAP/recall"], curves["PxAP/precision"])
-        if len(pts) > 1:
-            draw.line(pts, fill=_COLORS[0], width=2)
-    img.save(path, compress_level=1)
-    return path
-
-
-def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
-    """(H, W, 3) uint8 -> JPEG bytes (PIL, ``quality`` 90, 4:4:4 chroma so the thin box lines keep their colour).
-
-    The overlay grid's default format: for the default 1304 x 712 grid it encodes in ~4 ms against ~58 ms for
-    PNG at zlib level 1, at a third of the file size (see benchmarks/METRICS_NOTES.md).
-
-    >>> import io
-    >>> a = np.full((16, 16, 3), 200, dtype=np.uint8)
-    >>> int(np.abs(np.asarray(Image.open(io.BytesIO(encode_jpeg(a)))).astype(int) - 200).max()) <= 2
-    True
-    """
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"encode_jpeg needs an (H, W, 3) uint8 array, got shape {rgb.shape}")
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="JPEG", quality=int(quality), subsampling=0)
-    return buffer.getvalue()
-
-
-def encode_png(rgb: np.ndarray, level: int = 1) -> bytes:
-    """(H, W, 3) uint8 -> PNG bytes (PIL, zlib ``level`` 1: fast; the encoder releases the GIL on the worker).
-
-    >>> import io
-    >>> a = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
-    >>> bool((np.asarray(Image.open(io.BytesIO(encode_png(a)))) == a).all())
-    True
-    """
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"encode_png needs an (H, W, 3) uint8 array, got shape {rgb.shape}")
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=level)
-    return buffer.getvalue()
+    stage: str
+    pl_module: Any
+    logits: torch.Tensor
+    part: dict  # the batch's label, boxes, num_boxes, mask, index (+ overlay images and meta)
+    take: int  # overlay samples from this batch
+    maps: torch.Tensor  # (B, H, W) raw upsampled GT-class maps
+    pred_maps: torch.Tensor | None  # (take, H, W) raw upsampled predicted-class maps
+    score: torch.Tensor | None  # (take,) softmax score of the prediction
+    pred: torch.Tensor | None  # (take,) predicted classes

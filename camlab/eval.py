@@ -17,12 +17,10 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from camlab.utils import (
-    ConfigError,
-    configure_process,
-    instantiate_group,
-    run_app,
-)
+from camlab.errors import ConfigError
+from camlab.runtime.app import run_app
+from camlab.runtime.config import instantiate_group
+from camlab.runtime.process import configure_process
 
 log = logging.getLogger("camlab.eval")
 SPLITS = ("test", "val")

@@ -22,11 +22,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from camlab.errors import PredictError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-
-
-class PredictError(Exception):
-    """A user-fixable problem; printed as ``camlab: error: ...`` without a traceback."""
 
 
 def list_images(inputs: Sequence[str]) -> list[Path]:
@@ -83,7 +81,7 @@ def box_to_original(box: Sequence[int], input_hw: tuple[int, int], image_hw: tup
 
 def cam_box(cam_u8: np.ndarray, threshold: float) -> list[int] | None:
     """Box of the largest region of a uint8 map above ``threshold`` x its max (inclusive ints), or None."""
-    from camlab.localization import boxes_at_threshold
+    from camlab.wsol import boxes_at_threshold
 
     if not (cam_u8 > int(threshold * int(cam_u8.max()))).any():
         return None
@@ -105,7 +103,7 @@ def predict(model: Any, paths: Sequence[Path], out_dir: Path, topk: int = 3, thr
     import torch
 
     from camlab.cam import minmax_normalize, upsample
-    from camlab.localization import scoremap_to_uint8
+    from camlab.wsol import scoremap_to_uint8
     from camlab.viz import render_prediction
 
     if int(batch_size) < 1:

@@ -13,16 +13,13 @@ import os
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from camlab.errors import ConfigError
 from camlab.resume import last_checkpoint
-from camlab.utils import (
-    ConfigError,
-    configure_process,
-    configure_wandb,
-    instantiate_group,
-    print_run_summary,
-    resolve_ckpt_path,
-    run_app,
-)
+from camlab.runtime.app import run_app
+from camlab.runtime.config import instantiate_group, resolve_ckpt_path
+from camlab.runtime.process import configure_process
+from camlab.runtime.summary import print_run_summary
+from camlab.runtime.trackers import configure_wandb
 
 log = logging.getLogger("camlab.train")
 

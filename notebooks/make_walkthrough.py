@@ -100,7 +100,7 @@ import numpy as np
 
 from camlab.cam import minmax_normalize, upsample
 from camlab.cam_methods import compute_cams
-from camlab.localization import boxes_at_threshold, scoremap_to_uint8
+from camlab.wsol import boxes_at_threshold, scoremap_to_uint8
 from camlab.viz import denormalize, heatmap_overlay
 
 model.eval()
@@ -142,10 +142,10 @@ plt.show()"""),
 ## 3. Sweep the CAM threshold
 
 `WSOLMetrics` accumulates, per image, the best IoU of any box at each of 100 thresholds (all contours:
-MaxBoxAccV2; the largest contour: MaxBoxAcc) and a pixel histogram for PxAP. Its `curves()` are the box
+MaxBoxAccV2; the largest contour: MaxBoxAcc) and a pixel histogram for PxAP. Its `report().curves` are the box
 accuracy per threshold; the MaxBoxAcc numbers are the maxima of these curves."""),
     ("code", """\
-from camlab.metrics import WSOLMetrics
+from camlab.wsol import WSOLMetrics
 
 
 def evaluate(method):
@@ -158,7 +158,8 @@ def evaluate(method):
         maps = normalized_maps(method, o["features"], b["label"], b["image"].shape[-2:])
         metrics.update(maps, boxes=b["boxes"], num_boxes=b["num_boxes"], masks=b["mask"],
                        logits=o["logits"], labels=b["label"], index=b["index"])
-    return {k: float(v) for k, v in metrics.compute().items()}, metrics.curves()
+    report = metrics.report()
+    return report.scalars, report.curves
 
 
 results, curves = {}, {}

@@ -2,8 +2,8 @@
 
 Usage: python tests/_ddp_metric_worker.py RANK WORLD_SIZE PORT OUT_FILE
 Every rank builds the same odd-sized validation set, takes its DistributedSampler shard (which pads by
-repeating samples), updates WSOLMetrics batch by batch, computes (every rank) and rank 0 saves the
-result. WORLD_SIZE 1 runs without a process group: the single-process value.
+repeating samples), updates camlab.wsol.WSOLMetrics batch by batch, reports (every rank: the gather is collective)
+and rank 0 saves the result. WORLD_SIZE 1 runs without a process group: the single-process value.
 """
 
 import os
@@ -14,19 +14,30 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_metrics import make_dataset  # noqa: E402
+from _wsol_maps import make_dataset  # noqa: E402
 
-from camlab.metrics import WSOLMetrics  # noqa: E402
+from camlab.wsol import WSOLMetrics  # noqa: E402
+
+N = 41  # odd: DistributedSampler pads 2 ranks to 42 by repeating a sample
 
 
-def evaluate(indices: list[int]) -> dict:
-    """Update WSOLMetrics over the given samples of the 41-sample set, batches of 4; compute."""
-    data = make_dataset(n=41, seed=5)
-    metrics = WSOLMetrics(cam_thresholds=0.02, masks=True)
+def evaluate(indices: list[int], distinct_index: bool = False) -> dict:
+    """Update WSOLMetrics over the given samples of the N-sample set, batches of 4; report.
+
+    ``distinct_index`` labels each update position with its own index, so repeated samples count twice."""
+    data = make_dataset(n=N, seed=5, fit=True)
+    metrics = WSOLMetrics(cam_thresholds=0.02, masks=True, topk=(1, 5))
     for s in range(0, len(indices), 4):
         idx = torch.tensor(indices[s : s + 4])
-        metrics.update(**{k: v[idx] for k, v in data.items()})
-    return {"results": metrics.compute(), "curves": metrics.curves(), "seen": len(indices)}
+        batch = {k: v[idx] for k, v in data.items()}
+        if distinct_index:
+            batch["index"] = torch.arange(s, s + len(idx))
+        metrics.update(**batch)
+    report = metrics.report()  # one gather of the rows of every rank
+    results = metrics.compute()
+    rows = {k: torch.from_numpy(v.copy()) for k, v in report.rows.items()}  # tensors: torch.load(weights_only)
+    return {"results": results, "curves": report.curves, "rows": rows, "per_image": report.per_image(),
+            "seen": len(indices)}
 
 
 def main() -> None:
@@ -34,10 +45,10 @@ def main() -> None:
     torch.set_num_threads(1)
     if world > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-        sampler = DistributedSampler(range(41), num_replicas=world, rank=rank, shuffle=True, seed=3)
+        sampler = DistributedSampler(range(N), num_replicas=world, rank=rank, shuffle=True, seed=3)
         indices = list(sampler)
     else:
-        indices = list(range(41))
+        indices = list(range(N))
     result = evaluate(indices)
     if rank == 0:
         torch.save(result, out_file)

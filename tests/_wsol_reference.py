@@ -1,6 +1,6 @@
 """Plain, slow reference of the wsoleval localization metrics, for tests only.
 
-Written independently of camlab.localization: per image, per threshold, OpenCV + Python loops, in the
+Written independently of camlab.wsol: per image, per threshold, OpenCV + Python loops, in the
 order the benchmark's procedure is described in /work/shared/METRIC_CONVENTIONS.md.
 """
 

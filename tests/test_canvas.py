@@ -17,8 +17,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict, read_write
 
-from camlab.data.canvas import DataFilesNotFound, MNISTCanvas, find_idx_files, load_split_items
-from camlab.utils import ConfigError
+from camlab.data.canvas import MNISTCanvas, find_idx_files, load_split_items
+from camlab.errors import ConfigError, DataFilesNotFound
 
 N_TRAIN, N_TEST, VAL_ITEMS = 40, 20, 10
 
@@ -201,7 +201,7 @@ def test_missing_root_names_it_and_the_layout(tmp_path):
     assert str(tmp_path / "nope") in msg and "does not exist" in msg
     assert "train-images-idx3-ubyte" in msg and "FashionMNIST/raw" in msg
     assert "apt-get install dataset-fashion-mnist" in msg
-    assert "torchvision.datasets.FashionMNIST('<dir>', download=True)" in msg and "data.root=<dir>" in msg
+    assert "torchvision.datasets.FashionMNIST('<dir>', download=True)" in msg and "set root=<dir>" in msg
     assert "\n" not in msg  # one line
     assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, ConfigError)
     with pytest.raises(DataFilesNotFound) as info:  # no package ships MNIST: only torchvision's download

@@ -15,9 +15,9 @@ from camlab.data.cub import CUBDataset
 from camlab.data.custom import COCODataset, CSVDataset
 from camlab.data.disk import DiskDataModule
 from camlab.data.ilsvrc import ILSVRCDataset
-from camlab.data.records import DataError, collate_skipping
+from camlab.data.records import collate_skipping
 from camlab.data.wsoleval import WSOLEvalDataset
-from camlab.utils import ConfigError
+from camlab.errors import ConfigError, DataError
 
 KW = {"image_size": 32, "resize_size": 40}
 
@@ -98,7 +98,7 @@ def test_unreadable_image_errors_naming_the_file_or_is_skipped_and_reported(tree
     args = (str(root / "dataset/CUB"), str(root / "metadata"), "CUB", "test")
     ds = WSOLEvalDataset(*args, num_classes=3, **KW)
     index = [r.path for r in ds.records].index(str(bad))
-    with pytest.raises(DataError, match=f"cannot read image {bad}.*data.skip_corrupt=true"):
+    with pytest.raises(DataError, match=f"cannot read image {bad}.*skip_corrupt=True"):
         ds[index]
 
     dm = DiskDataModule(root=args[0], test_dataset=_wsol_factory(args), image_size=32,
@@ -203,7 +203,7 @@ def _replace(path, old, new):
 
 def test_declared_num_classes_must_match_the_annotations(tree):
     root = tree("cub")
-    with pytest.raises(DataError, match="data.num_classes=200 but the annotations define 3 classes; set data.num_classes=3"):
+    with pytest.raises(DataError, match="num_classes=200 but the annotations define 3 classes; set num_classes=3"):
         CUBDataset(str(root), "train", num_classes=200, **KW)
 
 
@@ -228,7 +228,7 @@ def test_unreadable_mask_fails_at_setup_naming_it(tmp_path):
     with pytest.raises(DataError) as err:
         CSVDataset(str(root), "labels.csv", "val", num_classes=3, **KW)
     msg = str(err.value)
-    assert f"cannot read mask file {bad}" in msg and "a1.png" in msg and "data.masks=false" in msg, msg
+    assert f"cannot read mask file {bad}" in msg and "a1.png" in msg and "masks=False" in msg, msg
     CSVDataset(str(root), "labels.csv", "train", num_classes=3, **KW)  # train loads no mask ('auto'): not read
 
 
@@ -238,7 +238,7 @@ def test_mask_that_fails_to_decode_while_loading_is_a_data_error(tmp_path):
     bad.write_bytes(bad.read_bytes()[:50])  # the header reads (set-up passes), the pixels do not
     ds = CSVDataset(str(root), "labels.csv", "val", num_classes=3, **KW)
     index = [r.path for r in ds.records].index(str(root / "images" / "b1.png"))
-    with pytest.raises(DataError, match=f"cannot read mask file {bad}.*data.masks=false"):
+    with pytest.raises(DataError, match=f"cannot read mask file {bad}.*masks=False"):
         ds[index]
 
 
@@ -308,7 +308,7 @@ def test_ilsvrc_class_without_training_images_names_its_folder(tree):
         ILSVRCDataset(str(root), "train", **KW)
     msg = str(err.value)
     assert f"{wnid} (class {fx.ilsvrc_label(1)}): no image in {root / 'train' / wnid}" in msg, msg
-    assert "1 of the 3 synsets" in msg and "remove those synsets" in msg and "data.num_classes" in msg
+    assert "1 of the 3 synsets" in msg and "remove those synsets" in msg and "set num_classes" in msg
     (root / "train" / wnid).rmdir()
     with pytest.raises(DataError, match=f"no folder {root / 'train' / wnid}"):
         ILSVRCDataset(str(root), "train", **KW)
@@ -331,51 +331,61 @@ def test_num_classes_mismatch_lists_names_with_counts_and_the_likely_typo(tmp_pa
         CSVDataset(str(root), "labels.csv", "train", num_classes=3, **KW)
     msg = str(err.value)
     line = next(i for i, row in enumerate((root / "labels.csv").read_text().splitlines(), 1) if "btea" in row)
-    assert "data.num_classes=3 but its labels name 4 classes" in msg, msg
+    assert "num_classes=3 but its labels name 4 classes" in msg, msg
     assert "alpha: 3, gamma: 2, beta: 1, btea: 1" in msg, msg  # images per class, most first
     assert f"typo of another class: 'btea' (1 image(s), first on line {line})" in msg, msg
-    assert "set data.num_classes=4 if every name is a class" in msg
+    assert "set num_classes=4 if every name is a class" in msg
     with pytest.raises(DataError) as err:  # more classes declared than named: no typo suspected
         fx.make_csv(tmp_path / "named2")
         CSVDataset(str(tmp_path / "named2"), "labels.csv", "train", num_classes=5, **KW)
-    assert "set data.num_classes=3" in str(err.value) and "typo" not in str(err.value)
+    assert "set num_classes=3" in str(err.value) and "typo" not in str(err.value)
 
 
 # ------------------------------------------------------------------------------------------------ options
-def test_bad_split_fractions_name_the_config_keys(tmp_path):
+def test_bad_split_fractions_name_the_arguments(tmp_path):
     root = fx.make_csv(tmp_path / "nosplit", header=False)
     with pytest.raises(ConfigError) as err:
         CSVDataset(str(root), "labels.csv", "train", num_classes=3, val_fraction=0.9, test_fraction=0.5, **KW)
-    assert "data.val_fraction=0.9, data.test_fraction=0.5" in str(err.value)
+    assert "val_fraction=0.9, test_fraction=0.5" in str(err.value)
+    assert err.value.settings == ("val_fraction", "test_fraction")
     dm = DiskDataModule(root=str(root), annotations="labels.csv", num_classes=3, val_fraction=0.2, test_fraction=-0.1,
                         train_dataset=functools.partial(CSVDataset, split="train"), **KW)
-    with pytest.raises(ConfigError, match="data.test_fraction=-0.1"):
+    with pytest.raises(ConfigError, match="test_fraction=-0.1") as err:
         dm.setup("fit")  # raised while the trainer sets up: must be a ConfigError (one line), not a ValueError
+    assert err.value.settings == ("train_dataset.val_fraction", "train_dataset.test_fraction")
 
 
-def test_option_errors_raised_at_setup_are_config_errors_naming_the_key(tree):
-    from camlab.data.canvas import MNISTCanvas
+def test_option_errors_raised_at_setup_are_config_errors_naming_the_argument(tree):
+    # The messages speak in the raising object's argument names; `settings` names those arguments (an entry
+    # point turns them into config keys: tests/test_run_errors.py).
+    from camlab.data.canvas import CanvasDataModule, MNISTCanvas
     from camlab.data.datamodule import WSOLDataModule
     from camlab.data.synthetic import SyntheticShapes
 
     root = tree("csv")
     cases = [
-        (lambda: SyntheticShapes("train", length=4, image_size=16), "data.image_size"),
-        (lambda: SyntheticShapes("val", length=4, max_objects=9), "data.val_dataset.max_objects"),
-        (lambda: SyntheticShapes("train", length=4, num_classes=11), "data.num_classes"),
-        (lambda: MNISTCanvas(root, "train", max_items=9), "data.max_items"),
+        (lambda: SyntheticShapes("train", length=4, image_size=16), "image_size must be", ("image_size",)),
+        (lambda: SyntheticShapes("val", length=4, max_objects=9), "max_objects of the val split", ("max_objects",)),
+        (lambda: SyntheticShapes("train", length=4, num_classes=11), "num_classes must be", ("num_classes",)),
+        (lambda: MNISTCanvas(root, "train", max_items=9), "max_items must be", ("max_items",)),
         (lambda: CSVDataset(str(root), "labels.csv", "train", num_classes=3, image_size=64, resize_size=32),
-         "data.resize_size"),
-        (lambda: CSVDataset(str(root), "labels.csv", "train", num_classes=3, masks="yes", **KW), "data.masks"),
-        (lambda: WSOLDataModule(SyntheticShapes("train", length=4), num_train=5).dataset("train"), "data.num_train=5"),
+         "resize_size must be", ("resize_size",)),
+        (lambda: CSVDataset(str(root), "labels.csv", "train", num_classes=3, masks="yes", **KW), "masks must be",
+         ("masks",)),
+        (lambda: WSOLDataModule(SyntheticShapes("train", length=4), num_train=5).dataset("train"), "num_train=5",
+         ("num_train",)),
         (lambda: WSOLDataModule(SyntheticShapes("train", length=4), image_size=32).dataset("train"),
-         "data.image_size=32"),
-        (lambda: CUBDataset(str(tree("cub")), "train", val_from="val", **KW), "data.val_from"),
+         "image_size=32", ("image_size",)),
+        (lambda: WSOLDataModule(val_dataset=functools.partial(SyntheticShapes, "val", length=4, max_objects=9))
+         .dataset("val"), "max_objects", ("val_dataset.max_objects",)),  # the data module's argument first
+        (lambda: CanvasDataModule(root, num_val=0).dataset("val"), "length of the val split",
+         ("val_dataset.num_val",)),  # the canvas module's own name for a split's length
+        (lambda: CUBDataset(str(tree("cub")), "train", val_from="val", **KW), "val_from must be", ("val_from",)),
     ]
-    for make, key in cases:
+    for make, words, settings in cases:
         with pytest.raises(ConfigError) as err:
             make()
-        assert key in str(err.value), str(err.value)
+        assert words in str(err.value) and err.value.settings == settings, (str(err.value), err.value.settings)
 
 
 # -------------------------------------------------------------------------------------- boxes off the image

@@ -14,7 +14,7 @@ import pytest
 
 from _tiny_checkpoint import DATA, composed, tiny_checkpoint
 from camlab.eval import evaluate
-from camlab.utils import ConfigError
+from camlab.errors import ConfigError
 
 EVAL = [*DATA, "callbacks=[cam_localization]", "callbacks.cam_localization.num_overlays=2",
         "callbacks.cam_localization.write_curves=false"]

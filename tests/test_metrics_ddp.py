@@ -1,4 +1,5 @@
-"""Metrics under 2 gloo processes with DistributedSampler padding equal the single-process values."""
+"""camlab.wsol.WSOLMetrics under 2 gloo processes with DistributedSampler padding equals the single-process values
+exactly: the scalars, the curves and the per-image rows."""
 
 import os
 import socket
@@ -26,22 +27,32 @@ def _run(world: int, out: Path) -> None:
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for r in range(world)]
     for p in procs:
-        log, _ = p.communicate(timeout=120)
+        log, _ = p.communicate(timeout=180)
         assert p.returncode == 0, log
 
 
 def test_two_process_metrics_equal_single_process(tmp_path):
-    from _ddp_metric_worker import evaluate
+    from _ddp_metric_worker import N, evaluate
 
     ddp = tmp_path / "ddp.pt"
     _run(2, ddp)
-    a, b = evaluate(list(range(41))), torch.load(ddp)
-    assert a["seen"] == 41 and b["seen"] == 21  # 41 samples padded to 42 over 2 ranks
+    a, b = evaluate(list(range(N))), torch.load(ddp)
+    assert N % 2 == 1 and a["seen"] == N and b["seen"] == (N + 1) // 2  # 41 samples padded to 42 over 2 ranks
     assert a["results"].keys() == b["results"].keys()
-    assert {"MaxBoxAccV2", "MaxBoxAcc", "PxAP", "PIoU", "gt_known_loc", "top1_loc"} <= a["results"].keys()
+    assert {"MaxBoxAccV2", "MaxBoxAcc", "PxAP", "PIoU", "gt_known_loc", "top1_loc", "top5_cls"} <= a["results"].keys()
     for key, value in a["results"].items():
         assert torch.equal(value, b["results"][key]), (key, value, b["results"][key])
     assert a["curves"] == b["curves"]
-    # the padding is real: counting the repeated sample twice changes the single-process result
-    padded = evaluate(list(range(41)) + [0])["results"]
-    assert torch.equal(padded["PxAP"], a["results"]["PxAP"])  # de-duplicated in one process too
+    # the per-image rows of both ranks, gathered, de-duplicated and sorted by index: those of one process
+    assert b["rows"]["index"].tolist() == list(range(N))
+    assert a["rows"].keys() == b["rows"].keys() and {"ious", "boxes", "largest", "loc_iou", "hist"} <= a["rows"].keys()
+    for key, value in a["rows"].items():
+        assert value.dtype == b["rows"][key].dtype and torch.equal(value, b["rows"][key]), key
+    assert a["rows"]["ious"].shape == (N, 50)
+    assert a["per_image"] == b["per_image"]
+    # the padding is real: counting the repeated sample twice changes the result, the de-duplication undoes it
+    padded = list(range(N)) + [0]
+    twice = evaluate(padded, distinct_index=True)["results"]
+    assert any(not torch.equal(twice[k], a["results"][k]) for k in a["results"])
+    once = evaluate(padded)["results"]
+    assert all(torch.equal(once[k], a["results"][k]) for k in a["results"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import zipfile
 
 import pytest
@@ -16,15 +17,15 @@ from omegaconf import OmegaConf
 from torch._utils import ExceptionWrapper
 
 from _tiny_checkpoint import DATA, composed, tiny_checkpoint
-from camlab.data.records import DataError
 from camlab.models.backbones import load_state_dict_file, load_torch_file
+from camlab.errors import ConfigError, DataError
+from camlab.runtime.app import describe_error, run_app
 from camlab.train import check_checkpoint_file, check_run_numbers, train
-from camlab.utils import ConfigError, describe_error, run_app
 
 
 def _raise_in_camlab():
     # a ValueError raised by camlab's own check (its innermost frame is camlab's code)
-    from camlab.metrics import resolve_thresholds
+    from camlab.wsol import resolve_thresholds
 
     resolve_thresholds(0.0)
 
@@ -66,6 +67,18 @@ def test_dataloader_worker_error_shows_the_workers_message_only():
     err = _caught(wrapped.reraise)
     assert "Original Traceback" in str(err)  # what torch re-raises in the main process
     assert describe_error(err) == "cannot read image /data/x.jpg: truncated. Replace or remove the file"
+
+    def suggesting():  # the re-raised copy has lost `settings`: the arguments the message writes `name=` count
+        raise DataError("cannot read image /data/x.jpg: truncated. Set skip_corrupt=True to skip it",
+                        settings=["skip_corrupt"])
+
+    try:
+        suggesting()
+    except DataError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    cfg = OmegaConf.create({"data": {"skip_corrupt": False, "batch_size": 4}})
+    assert describe_error(_caught(wrapped.reraise), cfg) == (
+        "cannot read image /data/x.jpg: truncated. Set skip_corrupt=True to skip it (config key 'data.skip_corrupt')")
 
 
 def test_missing_mandatory_value_names_the_key():
@@ -165,8 +178,27 @@ QUICK = [*DATA, "backbone.width=4", "test=false", "callbacks=[model_checkpoint,r
 
 def test_bad_optimizer_argument_is_a_config_error(tmp_path):
     cfg = composed("train", [*QUICK, "trainer.max_epochs=1", "model.optimizer.lr=abc"], tmp_path)
-    with pytest.raises(ConfigError, match="model.optimizer: AdamW rejects its arguments.*model.optimizer.lr"):
+    with pytest.raises(ConfigError, match="optimizer: AdamW rejects its arguments.*check its lr") as err:
         train(cfg)
+    assert describe_error(err.value, cfg).endswith("(config key 'model.optimizer')")
+
+
+@pytest.mark.parametrize("override, message", [
+    # raised while the trainer sets up the data (no Hydra node): the error's settings, found in the config
+    ("data.val_dataset.max_objects=9", "max_objects of the val split must be an int in [1, 8], got 9 "
+                                       "(config key 'data.val_dataset.max_objects')"),
+    ("data.image_size=16", "image_size must be an int >= 32, got 16 (config key 'data.image_size')"),
+    # raised while Hydra instantiates data: the argument's key, not only the node's
+    ("data.batch_size=0", "batch_size must be an int >= 1, got 0 (config key 'data.batch_size')"),
+])
+def test_library_errors_name_the_config_key_to_set(tmp_path, override, message):
+    from hydra.utils import instantiate
+
+    cfg = composed("train", [*QUICK, override], tmp_path)
+    err = _caught(lambda: instantiate(cfg.data, _convert_="partial").setup("fit"))
+    assert describe_error(err, cfg) == message
+    with pytest.raises(SystemExit, match=re.escape(f"camlab: error: {message}")):
+        run_app("camlab.train", lambda c: instantiate(c.data, _convert_="partial").setup("fit"), cfg)
 
 
 def test_truncated_resume_checkpoint_fails_before_training(tmp_path):
@@ -255,7 +287,8 @@ def test_resuming_with_more_steps_than_the_schedule_fails_before_training(tmp_pa
     # the same run dir with a longer run: OneCycleLR restored for 6 steps would crash at step 7
     cfg = composed("train", [*QUICK, "trainer.max_epochs=3"], tmp_path)
     with pytest.raises(ConfigError, match="resumes at step 6 with 9 optimizer steps in all, but its checkpoint's "
-                                          "OneCycleLR schedule was built for 6 steps"):
+                                          "OneCycleLR schedule was built for 6 steps") as err:
         train(cfg)
+    assert describe_error(err.value, cfg).endswith("(config keys 'trainer.max_epochs', 'backbone.pretrained')")
     assert last.read_bytes() == before  # nothing trained, nothing overwritten
     assert not (tmp_path / "checkpoints" / "on_exception.ckpt").exists()  # the checkpoint it started from is it

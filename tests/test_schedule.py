@@ -95,12 +95,12 @@ def test_finetune_model_config_trains_with_sgd_cosine_and_a_10x_head(tmp_path):
 
 
 def test_scheduler_keyword_it_does_not_take_is_a_config_error():
-    from camlab.utils import ConfigError
+    from camlab.errors import ConfigError
 
     model = CAMClassifier(_Backbone(), num_classes=2, optimizer=partial(torch.optim.SGD, lr=0.1),
                           scheduler=partial(torch.optim.lr_scheduler.CosineAnnealingLR, pct_start=0.2))
     data = DataLoader([{"image": torch.randn(3, 8, 8), "label": i % 2} for i in range(4)], batch_size=2)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
-    with pytest.raises(ConfigError, match="model.scheduler: CosineAnnealingLR rejects its arguments.*pct_start"):
+    with pytest.raises(ConfigError, match="scheduler: CosineAnnealingLR rejects its arguments.*pct_start"):
         trainer.fit(model, train_dataloaders=data)

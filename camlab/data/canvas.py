@@ -35,7 +35,7 @@ import torch
 
 from camlab.data.datamodule import WSOLDataModule
 from camlab.data.synthetic import RenderedWSOLDataset, hflip_boxes, tight_box
-from camlab.utils import ConfigError
+from camlab.errors import ConfigError, DataFilesNotFound
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 ITEM_SIZE = 28
@@ -55,10 +55,6 @@ IDX_FILES = {
 }
 
 
-class DataFilesNotFound(ConfigError, FileNotFoundError):
-    """A dataset root or file is missing; the message names it and the expected layout."""
-
-
 # ------------------------------------------------------------------------------------------- IDX files
 def find_idx_files(root: str | os.PathLike, dataset: str = "fashion_mnist") -> dict[str, tuple[Path, Path]]:
     """The (images, labels) IDX paths of the ``train`` and ``test`` files under ``root``.
@@ -70,7 +66,7 @@ def find_idx_files(root: str | os.PathLike, dataset: str = "fashion_mnist") -> d
     >>> find_idx_files("/no/such/dir")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    camlab.data.canvas.DataFilesNotFound: fashion_mnist root '/no/such/dir' does not exist...
+    camlab.errors.DataFilesNotFound: fashion_mnist root '/no/such/dir' does not exist...
     """
     if dataset not in DATASETS:
         raise ConfigError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
@@ -84,12 +80,13 @@ def find_idx_files(root: str | os.PathLike, dataset: str = "fashion_mnist") -> d
     if dataset == "fashion_mnist":
         hint = (
             "; get them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu, installs them in "
-            f"/usr/share/datasets/fashion-mnist) or {download}, then set data.root=<dir>"
+            f"/usr/share/datasets/fashion-mnist) or {download}, then set root=<dir>"
         )
     else:
-        hint = f"; get them with {download}, then set data.root=<dir>"
+        hint = f"; get them with {download}, then set root=<dir>"
     if not root.is_dir():
-        raise DataFilesNotFound(f"{dataset} root '{root}' does not exist or is not a directory: {layout}{hint}")
+        raise DataFilesNotFound(f"{dataset} root '{root}' does not exist or is not a directory: {layout}{hint}",
+                                settings=["root"])
     found: dict[str, Path] = {}
     missing = []
     for names in IDX_FILES.values():
@@ -101,7 +98,8 @@ def find_idx_files(root: str | os.PathLike, dataset: str = "fashion_mnist") -> d
             else:
                 found[name] = hit
     if missing:
-        raise DataFilesNotFound(f"{dataset} root '{root}' lacks {', '.join(missing)}: {layout}{hint}")
+        raise DataFilesNotFound(f"{dataset} root '{root}' lacks {', '.join(missing)}: {layout}{hint}",
+                                settings=["root"])
     return {split: (found[images], found[labels]) for split, (images, labels) in IDX_FILES.items()}
 
 
@@ -200,32 +198,35 @@ class MNISTCanvas(RenderedWSOLDataset):
         std: Sequence[float] = (0.5, 0.5, 0.5),
     ) -> None:
         if split not in SPLITS:
-            raise ConfigError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+            raise ConfigError(f"split must be one of {sorted(SPLITS)}, got {split!r}", settings=["split"])
         if dataset not in DATASETS:
-            raise ConfigError(f"dataset (data.dataset) must be one of {sorted(DATASETS)}, got {dataset!r}")
+            raise ConfigError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}", settings=["dataset"])
         if not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
-            raise ConfigError(f"image_size (data.image_size) must be an int >= {MIN_IMAGE_SIZE}, got {image_size!r}")
+            raise ConfigError(f"image_size must be an int >= {MIN_IMAGE_SIZE}, got {image_size!r}",
+                              settings=["image_size"])
         if length is not None and (not isinstance(length, int) or length < 1):
-            raise ConfigError(f"length (data.num_{split}) must be None or an int >= 1, got {length!r}")
+            raise ConfigError(f"length of the {split} split must be None or an int >= 1, got {length!r}",
+                              settings=["length"])
         if not isinstance(max_items, int) or not 1 <= max_items <= MAX_ITEMS:
-            raise ConfigError(f"max_items (data.max_items) must be an int in [1, {MAX_ITEMS}], got {max_items!r}")
+            raise ConfigError(f"max_items must be an int in [1, {MAX_ITEMS}], got {max_items!r}",
+                              settings=["max_items"])
         if not isinstance(val_items, int) or val_items < 1:
-            raise ConfigError(f"val_items (data.val_items) must be an int >= 1, got {val_items!r}")
+            raise ConfigError(f"val_items must be an int >= 1, got {val_items!r}", settings=["val_items"])
         if not 0 < ink_threshold < 1:
-            raise ConfigError(f"ink_threshold (data.ink_threshold) must be in (0, 1), got {ink_threshold!r}")
+            raise ConfigError(f"ink_threshold must be in (0, 1), got {ink_threshold!r}", settings=["ink_threshold"])
         if not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"seed (data.seed) must be an int >= 0, got {seed!r}")
+            raise ConfigError(f"seed must be an int >= 0, got {seed!r}", settings=["seed"])
         if item_size is None:
             item_size = (round(20 * image_size / 64), round(40 * image_size / 64))
         s_lo, s_hi = (int(s) for s in item_size)
         if not 8 <= s_lo <= s_hi <= image_size - 2:
             raise ConfigError(
-                f"item_size (data.item_size) must satisfy 8 <= low <= high <= image_size - 2 = {image_size - 2}, "
-                f"got {tuple(item_size)}"
+                f"item_size must satisfy 8 <= low <= high <= image_size - 2 = {image_size - 2}, got {tuple(item_size)}",
+                settings=["item_size"],
             )
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ConfigError(
-                f"mean and std (data.mean, data.std) must have 3 entries with std > 0, got mean={mean}, std={std}"
+                f"mean and std must have 3 entries with std > 0, got mean={mean}, std={std}", settings=["mean", "std"]
             )
 
         items, item_labels = load_split_items(root, dataset, split, val_items)
@@ -233,8 +234,9 @@ class MNISTCanvas(RenderedWSOLDataset):
             length = len(items)
         if length > len(items):
             raise ConfigError(
-                f"length={length} but the {dataset} {split} split has only {len(items)} items; set data.num_{split} "
-                f"to at most {len(items)} (or null for all of them)"
+                f"length={length} but the {dataset} {split} split has only {len(items)} items; set length to at most "
+                f"{len(items)} (or None for all of them)",
+                settings=["length"],
             )
 
         self.root = str(root)
@@ -378,6 +380,15 @@ def render_canvas(
 
 
 # ------------------------------------------------------------------------------------------ datamodule
+def canvas_split(split: str, length: int | None, **options) -> MNISTCanvas:
+    """:class:`MNISTCanvas` of ``split`` for :class:`CanvasDataModule`: a bad ``length`` is its ``num_<split>``."""
+    try:
+        return MNISTCanvas(split=split, length=length, **options)
+    except ConfigError as err:
+        err.settings = tuple(f"num_{split}" if s == "length" else s for s in err.settings)
+        raise
+
+
 class CanvasDataModule(WSOLDataModule):
     """A :class:`WSOLDataModule` over :class:`MNISTCanvas` train/val/test splits that share their settings.
 
@@ -412,15 +423,15 @@ class CanvasDataModule(WSOLDataModule):
         **loader_options,
     ) -> None:
         if dataset not in DATASETS:
-            raise ConfigError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
+            raise ConfigError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}", settings=["dataset"])
         if num_classes != 10:
-            raise ConfigError(f"{dataset} has 10 classes, got num_classes={num_classes}")
+            raise ConfigError(f"{dataset} has 10 classes, got num_classes={num_classes}", settings=["num_classes"])
         shared = dict(
             root=root, dataset=dataset, image_size=image_size, item_size=item_size, max_items=max_items,
             val_items=val_items, ink_threshold=ink_threshold, seed=seed, mean=tuple(mean), std=tuple(std),
         )
         splits = {
-            split: functools.partial(MNISTCanvas, split=split, length=n, hflip=hflip and split == "train", **shared)
+            split: functools.partial(canvas_split, split=split, length=n, hflip=hflip and split == "train", **shared)
             for split, n in (("train", num_train), ("val", num_val), ("test", num_test))
         }
         super().__init__(

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from camlab.data.masks import MaskSpec
-from camlab.data.records import DataError, Record, RecordDataset, assign_split, read_lines, require
-from camlab.utils import ConfigError
+from camlab.data.records import Record, RecordDataset, assign_split, read_lines, require
+from camlab.errors import ConfigError, DataError
 
 LAYOUT = (
     "<root>/{images.txt: '<id> <class dir>/<file>.jpg', image_class_labels.txt: '<id> <class id>', "
@@ -47,9 +47,9 @@ def read_cub(
         "images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt", "classes.txt")}
     require(root / "images", "CUB images folder", LAYOUT)
     if split not in ("train", "val", "test"):
-        raise ConfigError(f"split must be 'train', 'val' or 'test', got {split!r} (data.*_dataset.split)")
+        raise ConfigError(f"split must be 'train', 'val' or 'test', got {split!r}", settings=["split"])
     if val_from not in ("test", "train"):
-        raise ConfigError(f"data.val_from must be 'test' or 'train', got {val_from!r}")
+        raise ConfigError(f"val_from must be 'test' or 'train', got {val_from!r}", settings=["val_from"])
 
     class_ids, class_names = [], []
     for i, parts in _table(files["classes.txt"], 2):

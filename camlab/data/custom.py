@@ -24,8 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from camlab.data.masks import MaskSpec
-from camlab.data.records import SPLITS, DataError, Record, RecordDataset, assign_split, require
-from camlab.utils import ConfigError
+from camlab.data.records import SPLITS, Record, RecordDataset, assign_split, require
+from camlab.errors import ConfigError, DataError
 
 COCO_LAYOUT = (
     "<root>/<images...> and an annotation JSON {images: [{id, file_name, width, height, [split], [mask_file], "
@@ -38,7 +38,7 @@ CSV_LAYOUT = "<root>/<images...> and a CSV with rows 'path,label,x0,y0,x1,y1' (o
 def _split_filter(records: list[tuple[str | None, Record]], split: str, where: str, fractions: tuple[float, float, int]):
     """Keep the records of ``split``: by their own split field when any has one, else a random split."""
     if split not in SPLITS:
-        raise ConfigError(f"split must be one of {SPLITS}, got {split!r} (data.*_dataset.split)")
+        raise ConfigError(f"split must be one of {SPLITS}, got {split!r}", settings=["split"])
     given = [s for s, _ in records if s]
     if given:
         for s, r in records:
@@ -175,7 +175,7 @@ def read_csv(
     else:
         names = list(classes) if classes is not None else sorted(set(labels))
         if classes is None and num_classes is not None and int(num_classes) != len(names):
-            raise DataError(_names_vs_num_classes(ann_path, parsed, names, int(num_classes)))
+            raise DataError(_names_vs_num_classes(ann_path, parsed, names, int(num_classes)), settings=["num_classes"])
     index_of = {n: c for c, n in enumerate(names)}
 
     by_path: dict[str, tuple[str | None, Record]] = {}
@@ -202,7 +202,7 @@ def read_csv(
 
 
 def _names_vs_num_classes(ann_path: Path, parsed: list, names: list[str], num_classes: int) -> str:
-    """data.num_classes differs from the number of label names: the names with their image counts, and the
+    """``num_classes`` differs from the number of label names: the names with their image counts, and the
     rarest names (likely typos when there are more names than classes) with the line of their first row."""
     images: dict[str, set[str]] = {n: set() for n in names}
     first_line: dict[str, int] = {}
@@ -211,15 +211,15 @@ def _names_vs_num_classes(ann_path: Path, parsed: list, names: list[str], num_cl
         first_line.setdefault(label, i)
     by_count = sorted(names, key=lambda n: -len(images[n]))  # stable: ties keep the sorted order
     listed = ", ".join(f"{n}: {len(images[n])}" for n in by_count[:20]) + (", ..." if len(names) > 20 else "")
-    msg = (f"{ann_path}: data.num_classes={num_classes} but its labels name {len(names)} classes "
+    msg = (f"{ann_path}: num_classes={num_classes} but its labels name {len(names)} classes "
            f"(images per class: {listed})")
     if len(names) > num_classes:
         rare = by_count[num_classes:][::-1][:5]
         where = ", ".join(f"{n!r} ({len(images[n])} image(s), first on line {first_line[n]})" for n in rare)
         msg += (f". A rare name may be a typo of another class: {where}; correct it in {ann_path.name}, or set "
-                f"data.num_classes={len(names)} if every name is a class")
+                f"num_classes={len(names)} if every name is a class")
     else:
-        msg += f"; set data.num_classes={len(names)}"
+        msg += f"; set num_classes={len(names)}"
     return msg
 
 

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from camlab.data.records import collate_skipping
-from camlab.utils import ConfigError
+from camlab.errors import ConfigError
 
 DatasetLike = Union[Dataset, Callable[[], Dataset], None]
 _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
@@ -61,16 +61,17 @@ class WSOLDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+            raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}", settings=["batch_size"])
         if eval_batch_size is not None and (not isinstance(eval_batch_size, int) or eval_batch_size < 1):
-            raise ValueError(f"eval_batch_size must be None or an int >= 1, got {eval_batch_size!r}")
+            raise ConfigError(f"eval_batch_size must be None or an int >= 1, got {eval_batch_size!r}",
+                              settings=["eval_batch_size"])
         if not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+            raise ConfigError(f"num_workers must be an int >= 0, got {num_workers!r}", settings=["num_workers"])
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
-            raise ValueError(f"num_classes must be None or an int >= 2, got {num_classes!r}")
+            raise ConfigError(f"num_classes must be None or an int >= 2, got {num_classes!r}", settings=["num_classes"])
         for name, n in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
             if n is not None and (not isinstance(n, int) or n < 1):
-                raise ValueError(f"{name} must be None or an int >= 1, got {n!r}")
+                raise ConfigError(f"{name} must be None or an int >= 1, got {n!r}", settings=[name])
         if all(d is None for d in (train_dataset, val_dataset, test_dataset)):
             raise ValueError("WSOLDataModule needs at least one of train_dataset, val_dataset, test_dataset")
         self._sources = {"train": train_dataset, "val": val_dataset, "test": test_dataset}
@@ -98,14 +99,19 @@ class WSOLDataModule(L.LightningDataModule):
             source = self._sources[split]
             if source is None:
                 raise RuntimeError(f"WSOLDataModule has no {split}_dataset")
-            ds = source if isinstance(source, Dataset) or not callable(source) else source()
+            try:
+                ds = source if isinstance(source, Dataset) or not callable(source) else source()
+            except ConfigError as err:  # its settings are arguments of this split's dataset
+                err.within(f"{split}_dataset")
+                raise
             self._check_metadata(split, ds)
             limit = self._limits[split]
             if limit is not None:
                 if limit > len(ds):
                     raise ConfigError(
-                        f"data.num_{split}={limit} exceeds the {split} split's {len(ds)} samples; set it to at most "
-                        f"{len(ds)} (or null for all of them)"
+                        f"num_{split}={limit} exceeds the {split} split's {len(ds)} samples; set it to at most "
+                        f"{len(ds)} (or None for all of them)",
+                        settings=[f"num_{split}"],
                     )
                 if limit < len(ds):
                     ds = _Limited(ds, limit)
@@ -117,7 +123,8 @@ class WSOLDataModule(L.LightningDataModule):
             actual = getattr(ds, name, None)
             if declared is not None and actual is not None and _norm(declared) != _norm(actual):
                 raise ConfigError(
-                    f"data.{name}={declared!r} but the {split} dataset has {name}={actual!r}; set data.{name}={actual!r}"
+                    f"{name}={declared!r} but the {split} dataset has {name}={actual!r}; set {name}={actual!r}",
+                    settings=[name],
                 )
 
     def _first_dataset(self) -> Any:

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from camlab.data.records import IMAGE_EXTENSIONS, DataError, Record, RecordDataset, list_images, read_lines, require
-from camlab.utils import ConfigError
+from camlab.data.records import IMAGE_EXTENSIONS, Record, RecordDataset, list_images, read_lines, require
+from camlab.errors import ConfigError, DataError
 
 LAYOUT = (
     "<root>/{<synsets> ('<wnid> [description]' per line, class index = line order), "
@@ -69,7 +69,7 @@ def read_ilsvrc(
 ) -> tuple[list[Record], list[str]]:
     """Records of the train split (labels from folders) or val/test (the validation images, XML boxes)."""
     if split not in ("train", "val", "test"):
-        raise ConfigError(f"split must be 'train', 'val' or 'test', got {split!r} (data.*_dataset.split)")
+        raise ConfigError(f"split must be 'train', 'val' or 'test', got {split!r}", settings=["split"])
     root = require(root, "ILSVRC root", LAYOUT)
     wnids, names = read_synsets(require(root / synsets, "ILSVRC synset list", LAYOUT))
     index_of = {w: k for k, w in enumerate(wnids)}
@@ -93,7 +93,8 @@ def read_ilsvrc(
             raise DataError(
                 f"ILSVRC: {len(empty)} of the {len(wnids)} synsets of {synsets} have no training images: {first}"
                 f"{'; ...' if len(empty) > 3 else ''}. Add their images ({', '.join(IMAGE_EXTENSIONS)}), or remove "
-                f"those synsets from {synsets} and set data.num_classes to the number left"
+                f"those synsets from {synsets} and set num_classes to the number left",
+                settings=["num_classes"],
             )
         return records, names
 

@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from camlab.errors import DataError
+
 
 @dataclass(frozen=True)
 class MaskSpec:
@@ -67,11 +69,10 @@ class MaskSpec:
 def _read_png(path: str, width: int, height: int) -> np.ndarray:
     grey = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if grey is None:
-        from camlab.data.records import DataError  # records imports this module
-
         raise DataError(
             f"cannot read mask file {path} (missing, unreadable or not an image); replace the file, or set "
-            f"data.masks=false to use no masks (no PxAP)"
+            f"masks=False to use no masks (no PxAP)",
+            settings=["masks"],
         )
     return _resize_nearest(grey, width, height)
 

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset, get_worker_info
 from camlab.data.collate import collate_wsol
 from camlab.data.masks import MaskSpec, rle_counts, tight_boxes
 from camlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, WSOLTransform
-from camlab.utils import ConfigError
+from camlab.errors import ConfigError, DataError
 
 log = logging.getLogger("camlab.data")
 
@@ -58,10 +58,6 @@ class Record:
     source: str = ""
 
 
-class DataError(ConfigError):
-    """Bad input data (a missing file, a bad line, an unreadable image); reported as one line."""
-
-
 def require(path: str | os.PathLike, what: str, layout: str) -> Path:
     """``path`` if it exists, else a DataError naming it and the expected layout."""
     p = Path(path)
@@ -85,12 +81,13 @@ def assign_split(keys: Sequence[str], split: str, val_fraction: float, test_frac
     ([5, 2, 3], 10)
     """
     if split not in SPLITS:
-        raise ConfigError(f"split must be one of {SPLITS}, got {split!r} (data.*_dataset.split)")
+        raise ConfigError(f"split must be one of {SPLITS}, got {split!r}", settings=["split"])
     if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
-        given = f"data.val_fraction={val_fraction}" + (f", data.test_fraction={test_fraction}" if test_fraction else "")
+        given = f"val_fraction={val_fraction}" + (f", test_fraction={test_fraction}" if test_fraction else "")
         raise ConfigError(
             f"{given}: the fractions must be >= 0 and sum to less than 1 (the rest is the train split); "
-            f"they set how many images without a split of their own go to val and test"
+            f"they set how many images without a split of their own go to val and test",
+            settings=["val_fraction", "test_fraction"] if test_fraction else ["val_fraction"],
         )
     order = sorted(set(keys))
     random.Random(seed).shuffle(order)
@@ -103,7 +100,8 @@ def collate_skipping(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]
     """``collate_wsol`` over the samples that are not None (unreadable images skipped with skip_corrupt)."""
     kept = [s for s in samples if s is not None]
     if not kept:
-        raise DataError("every image of a batch was unreadable (data.skip_corrupt=true skipped them all)")
+        raise DataError("every image of a batch was unreadable (skip_corrupt=True skipped them all)",
+                        settings=["skip_corrupt"])
     return collate_wsol(kept)
 
 
@@ -118,7 +116,7 @@ class RecordDataset(Dataset):
         train_augment: None: the train pipeline on the train split only; True / False force it.
         hflip: random horizontal flips in the train pipeline.
         masks: 'auto': masks on val/test when every record has one (an error when only some have), none on
-            the train split (no training loss uses them; rendering them cost CUB a third of its loading speed);
+            the train split (no training loss uses them; rendering them slows loading);
             True: masks on every split (an error where one is missing); False: no masks.
         skip_corrupt: skip unreadable images (counted and reported) instead of raising an error.
         inclusive_boxes: boxes are inclusive pixel bounds (x1 = last pixel; wsolevaluation, CUB, ILSVRC XML)
@@ -151,15 +149,16 @@ class RecordDataset(Dataset):
         name: str = "dataset",
     ) -> None:
         if split not in SPLITS:
-            raise ConfigError(f"split must be one of {SPLITS}, got {split!r} (data.*_dataset.split)")
+            raise ConfigError(f"split must be one of {SPLITS}, got {split!r}", settings=["split"])
         if masks not in (True, False, "auto"):
-            raise ConfigError(f"data.masks must be true, false or auto, got {masks!r}")
+            raise ConfigError(f"masks must be True, False or 'auto', got {masks!r}", settings=["masks"])
         self.name, self.split = name, split
         self.class_names = [str(c) for c in class_names]
         if num_classes is not None and int(num_classes) != len(self.class_names):
             raise DataError(
-                f"{name}: data.num_classes={num_classes} but the annotations define {len(self.class_names)} "
-                f"classes; set data.num_classes={len(self.class_names)}"
+                f"{name}: num_classes={num_classes} but the annotations define {len(self.class_names)} "
+                f"classes; set num_classes={len(self.class_names)}",
+                settings=["num_classes"],
             )
         self.num_classes = len(self.class_names)
         self.image_size = image_size
@@ -211,8 +210,9 @@ class RecordDataset(Dataset):
         if missing and not self.skip_corrupt:
             raise DataError(
                 f"{self.name}: {len(missing)} image file(s) of the {self.split} split not found, first: "
-                f"{missing[0].path} ({missing[0].source}); fix the root/paths, or set data.skip_corrupt=true "
-                f"to skip missing and unreadable images (counted and reported)"
+                f"{missing[0].path} ({missing[0].source}); fix the root/paths, or set skip_corrupt=True "
+                f"to skip missing and unreadable images (counted and reported)",
+                settings=["skip_corrupt"],
             )
         if missing:
             self.counts["skipped_missing"] = len(missing)
@@ -230,7 +230,8 @@ class RecordDataset(Dataset):
             raise DataError(
                 f"{self.name}: {len(records) - with_mask} of {len(records)} {self.split} images have no mask "
                 f"(first: {first.path}, {first.source}); a batch needs a mask for every image or none: add "
-                f"the masks or set data.masks=false"
+                f"the masks or set masks=False",
+                settings=["masks"],
             )
         return True
 
@@ -250,7 +251,7 @@ class RecordDataset(Dataset):
                         size = im.size
                 except (OSError, SyntaxError, ValueError) as err:
                     if not self.skip_corrupt:
-                        raise DataError(_unreadable(r.path, err)) from None
+                        raise _unreadable(r.path, err) from None
                     self.counts["skipped_unreadable_at_setup"] += 1
                     self._first.setdefault("skipped_unreadable_at_setup", r.path)
                     continue
@@ -284,12 +285,13 @@ class RecordDataset(Dataset):
             sizes = []
             for p in r.mask.paths:
                 try:
-                    with Image.open(p) as im:  # header only, ~50 us
+                    with Image.open(p) as im:  # header only
                         sizes.append((p, tuple(im.size)))
                 except (OSError, SyntaxError, ValueError) as err:
                     raise DataError(
                         f"{self.name}: cannot read mask file {p} (for {r.path}, {r.source}): {err}. Replace the "
-                        f"file, or set data.masks=false to use no masks (no PxAP)"
+                        f"file, or set masks=False to use no masks (no PxAP)",
+                        settings=["masks"],
                     ) from None
             for k, rle in enumerate(r.mask.rles):
                 try:
@@ -306,7 +308,7 @@ class RecordDataset(Dataset):
                         size = tuple(im.size)
                 except (OSError, SyntaxError, ValueError) as err:
                     if not self.skip_corrupt:
-                        raise DataError(_unreadable(r.path, err)) from None
+                        raise _unreadable(r.path, err) from None
                     continue  # skipped (and counted) when it is loaded
             for what, (w, h) in sizes:
                 if (w, h) != tuple(size):
@@ -332,13 +334,13 @@ class RecordDataset(Dataset):
         if c["classes_without_images"]:
             log.warning(
                 "%s (train): %d of %d classes have no training image (%s): the model cannot learn them; check the "
-                "labels, the splits and data.num_classes",
+                "labels, the splits and num_classes",
                 self.name, c["classes_without_images"], self.num_classes, first["classes_without_images"],
             )
         for key, what in (("skipped_missing", "missing"), ("skipped_unreadable_at_setup", "unreadable")):
             if c[key]:
                 log.warning(
-                    "%s (%s): skipped %d %s image(s) (data.skip_corrupt=true); first: %s",
+                    "%s (%s): skipped %d %s image(s) (skip_corrupt=True); first: %s",
                     self.name, self.split, c[key], what, first[key],
                 )
 
@@ -352,7 +354,7 @@ class RecordDataset(Dataset):
         counts = {**self.counts, "skipped_unreadable_while_loading": self.num_skipped_while_loading}
         if counts["skipped_unreadable_while_loading"]:
             log.warning(
-                "%s (%s): skipped %d unreadable image(s) while loading (data.skip_corrupt=true)",
+                "%s (%s): skipped %d unreadable image(s) while loading (skip_corrupt=True)",
                 self.name, self.split, counts["skipped_unreadable_while_loading"],
             )
         return counts
@@ -368,7 +370,7 @@ class RecordDataset(Dataset):
                 image = im.convert("RGB")
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             if not self.skip_corrupt:
-                raise DataError(_unreadable(r.path, err)) from None
+                raise _unreadable(r.path, err) from None
             info = get_worker_info()
             self._skipped[(0 if info is None else info.id + 1) % _MAX_WORKER_SLOTS] += 1
             if not self._warned_skip:
@@ -403,10 +405,11 @@ class RecordDataset(Dataset):
         )
 
 
-def _unreadable(path: str, err: BaseException) -> str:
-    return (
-        f"cannot read image {path}: {err}. Replace or remove the file, or set data.skip_corrupt=true to skip "
-        f"unreadable images (counted and reported)"
+def _unreadable(path: str, err: BaseException) -> DataError:
+    return DataError(
+        f"cannot read image {path}: {err}. Replace or remove the file, or set skip_corrupt=True to skip "
+        f"unreadable images (counted and reported)",
+        settings=["skip_corrupt"],
     )
 
 

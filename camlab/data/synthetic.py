@@ -7,7 +7,7 @@ blobs that are not objects and not in the mask.
 
 A sample is a pure function of (seed, split, index): its RNG is ``np.random.default_rng([seed,
 split_id, index])``. The whole split is rendered once, at construction, into a uint8 cache
-(5k images at 64 px: ~60 MB, about a second), so ``__getitem__`` only flips and normalizes.
+(5k images at 64 px: ~60 MB), so ``__getitem__`` only flips and normalizes.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from camlab.utils import ConfigError
+from camlab.errors import ConfigError
 
 # (shape, texture) per class; the texture set is closed under horizontal flip (diagonal stripes take a
 # random +-45 degrees per sample) so flip augmentation never turns one class's texture into another's.
@@ -114,31 +114,34 @@ class SyntheticShapes(RenderedWSOLDataset):
         std: Sequence[float] = (0.5, 0.5, 0.5),
     ) -> None:
         if split not in SPLITS:
-            raise ConfigError(f"split must be one of {sorted(SPLITS)}, got {split!r} (data.*_dataset.split)")
+            raise ConfigError(f"split must be one of {sorted(SPLITS)}, got {split!r}", settings=["split"])
         if not isinstance(length, int) or length < 1:
-            raise ConfigError(f"length (data.num_{split}) must be an int >= 1, got {length!r}")
+            raise ConfigError(f"length of the {split} split must be an int >= 1, got {length!r}", settings=["length"])
         if not isinstance(num_classes, int) or not 2 <= num_classes <= MAX_CLASSES:
-            raise ConfigError(f"num_classes (data.num_classes) must be an int in [2, {MAX_CLASSES}], got {num_classes!r}")
+            raise ConfigError(f"num_classes must be an int in [2, {MAX_CLASSES}], got {num_classes!r}",
+                              settings=["num_classes"])
         if not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
-            raise ConfigError(f"image_size (data.image_size) must be an int >= {MIN_IMAGE_SIZE}, got {image_size!r}")
+            raise ConfigError(f"image_size must be an int >= {MIN_IMAGE_SIZE}, got {image_size!r}",
+                              settings=["image_size"])
         if not isinstance(max_objects, int) or not 1 <= max_objects <= MAX_OBJECTS:
-            raise ConfigError(
-                f"max_objects (data.{split}_dataset.max_objects) must be an int in [1, {MAX_OBJECTS}], got {max_objects!r}"
-            )
+            raise ConfigError(f"max_objects of the {split} split must be an int in [1, {MAX_OBJECTS}], got "
+                              f"{max_objects!r}", settings=["max_objects"])
         if not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"seed (data.seed) must be an int >= 0, got {seed!r}")
+            raise ConfigError(f"seed must be an int >= 0, got {seed!r}", settings=["seed"])
         if radius_range is None:
             radius_range = (10 * image_size / 64, 24 * image_size / 64)
         r_lo, r_hi = (float(r) for r in radius_range)
         r_max_allowed = (image_size / 2 - 1) / _EXTENT
         if not 4 <= r_lo <= r_hi <= r_max_allowed:
             raise ConfigError(
-                f"radius_range (data.{split}_dataset.radius_range) must satisfy 4 <= low <= high <= "
-                f"{r_max_allowed:.1f} (the largest radius that fits image_size={image_size}), got {tuple(radius_range)}"
+                f"radius_range of the {split} split must satisfy 4 <= low <= high <= {r_max_allowed:.1f} (the "
+                f"largest radius that fits image_size={image_size}), got {tuple(radius_range)}",
+                settings=["radius_range"],
             )
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ConfigError(
-                f"mean and std (data.{split}_dataset.mean, .std) must have 3 entries with std > 0, got mean={mean}, std={std}"
+                f"mean and std of the {split} split must have 3 entries with std > 0, got mean={mean}, std={std}",
+                settings=["mean", "std"],
             )
 
         self.split = split

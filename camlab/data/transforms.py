@@ -23,7 +23,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from camlab.utils import ConfigError
+from camlab.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -67,10 +67,11 @@ class WSOLTransform:
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         if not isinstance(image_size, int) or image_size < 1:
-            raise ConfigError(f"image_size (data.image_size) must be an int >= 1, got {image_size!r}")
+            raise ConfigError(f"image_size must be an int >= 1, got {image_size!r}", settings=["image_size"])
         resize_size = image_size if resize_size is None else resize_size
         if not isinstance(resize_size, int) or resize_size < image_size:
-            raise ConfigError(f"resize_size (data.resize_size) must be an int >= image_size={image_size}, got {resize_size!r}")
+            raise ConfigError(f"resize_size must be an int >= image_size={image_size}, got {resize_size!r}",
+                              settings=["resize_size"])
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"mean and std need 3 entries with std > 0, got mean={mean}, std={std}")
         self.image_size, self.resize_size, self.train, self.hflip = image_size, resize_size, train, hflip
@@ -85,9 +86,10 @@ class WSOLTransform:
     def __call__(
         self, image: Image.Image, boxes: np.ndarray, render_mask: MaskRenderer | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        # One torch thread for these small ops: with 2 threads on a busy 2-core machine a 256² mask resize or
-        # flip took ~15-50 ms in the main process (num_workers=0) against ~0.1 ms (DataLoader workers already
-        # run single-threaded; the model does not run while a sample is loaded, so this costs it nothing).
+        # One torch thread for these small ops: on a busy machine a mask resize or flip split over several
+        # threads in the main process (num_workers=0) waits for them and takes many times longer than on one
+        # (DataLoader workers already run single-threaded; the model does not run while a sample is loaded, so
+        # this costs it nothing).
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:

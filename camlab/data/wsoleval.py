@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from camlab.data.masks import MaskSpec
-from camlab.data.records import DataError, Record, RecordDataset, read_lines, require
-from camlab.utils import ConfigError
+from camlab.data.records import Record, RecordDataset, read_lines, require
+from camlab.errors import ConfigError, DataError
 
 NUM_CLASSES = {"CUB": 200, "ILSVRC": 1000, "OpenImages": 100}
 LAYOUT = (
@@ -50,13 +50,14 @@ def read_wsoleval(
 ) -> tuple[list[Record], list[str]]:
     """Records of ``<metadata_root>/<dataset>/<split>`` with images under ``root``; class names '0'..'K-1'."""
     if split not in ("train", "val", "test"):
-        raise ConfigError(f"split must be 'train', 'val' or 'test', got {split!r} (data.*_dataset.split)")
+        raise ConfigError(f"split must be 'train', 'val' or 'test', got {split!r}", settings=["split"])
     root = require(root, f"wsolevaluation {dataset} image root", LAYOUT)
     meta = require(Path(metadata_root) / dataset / split, f"wsolevaluation metadata folder ({dataset}, {split})", LAYOUT)
     mask_root = Path(mask_root) if mask_root else root
     if num_classes is None:
         if dataset not in NUM_CLASSES:
-            raise ConfigError(f"data.num_classes is needed for dataset {dataset!r} (known: {sorted(NUM_CLASSES)})")
+            raise ConfigError(f"num_classes is needed for dataset {dataset!r} (known: {sorted(NUM_CLASSES)})",
+                              settings=["num_classes"])
         num_classes = NUM_CLASSES[dataset]
 
     ids_file = require(meta / "image_ids.txt", "wsolevaluation image_ids.txt", LAYOUT)

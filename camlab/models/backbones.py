@@ -37,6 +37,8 @@ import torch
 import torchvision.models as tvm
 from torch import Tensor, nn
 
+from camlab.errors import ConfigError
+
 __all__ = [
     "Backbone",
     "available_backbones",
@@ -110,7 +112,7 @@ class TinyCNN(Backbone):
     """Four 3×3 conv blocks (widths w-2w-4w-4w): a 16×16 map at 64 px (stride 4).
 
     The first conv has stride 2 (a ResNet-style stem) instead of a full-resolution conv + max-pool:
-    nearly the same receptive field (25 vs 26 px), ~1.45× faster fwd+bwd on 2 CPU threads, as full-resolution
+    nearly the same receptive field (25 vs 26 px) and a faster fwd+bwd on the CPU, as full-resolution
     activations dominate memory traffic. The last conv has a bias and no BatchNorm: measured on 64 px
     shapes, BN there lifted background positions above the 20%-of-max CAM cut and halved GT-known
     localization (DESIGN.md).
@@ -369,9 +371,7 @@ def load_torch_file(path: str | os.PathLike, what: str) -> object:
     """``torch.load`` of a local file on the CPU: weights-only first, a full unpickle only when the file is a
     valid torch file that holds other objects (a Lightning checkpoint's hyper-parameters; the user named this
     local file, and a warning says so). An unreadable file (truncated, not a torch file) is a one-line
-    :class:`~camlab.utils.ConfigError` naming it; ``what`` names the role of the file in that message."""
-    from camlab.utils import ConfigError
-
+    :class:`~camlab.errors.ConfigError` naming it; ``what`` names the role of the file in that message."""
     path = os.fspath(path)
 
     def unreadable(err: BaseException) -> ConfigError:

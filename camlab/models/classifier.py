@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.classification import MulticlassAccuracy
 
 from camlab.cam import class_activation_maps
-from camlab.utils import ConfigError
+from camlab.errors import ConfigError
 
 POOLS = ("gap", "gmp")
 
@@ -108,8 +108,9 @@ class CAMClassifier(L.LightningModule):
                 raise ConfigError(
                     f"this run resumes at step {self.trainer.global_step} with {total} optimizer steps in all, but "
                     f"its checkpoint's {type(sched).__name__} schedule was built for {length or 'no'} steps: resume "
-                    f"with the overrides of the run that wrote it (trainer.max_epochs, data, devices), or start a "
-                    f"new run (backbone.pretrained=<checkpoint> takes its backbone weights)")
+                    f"with the settings of the run that wrote it (the trainer's max_epochs and devices, the data), "
+                    f"or start a new run (a backbone with pretrained=<checkpoint> takes its backbone weights)",
+                    settings=["max_epochs", "pretrained"])
             if total < length:
                 rank_zero_warn(f"{type(sched).__name__}: this resumed run has {total} optimizer steps in all, its "
                                f"checkpoint's schedule {length}: the learning rate will not finish its schedule")
@@ -122,7 +123,7 @@ class CAMClassifier(L.LightningModule):
         out = self(batch["image"])
         loss = self._loss(out["logits"], batch["label"])
         # train/acc (micro accuracy of the epoch) from plain tensor sums, logged once at the epoch's end: a
-        # torchmetrics forward, or a second self.log, per step cost measurable time on a 2-core CPU.
+        # torchmetrics forward, or a second self.log, per step would add overhead to every step of a small model.
         self._train_correct += (out["logits"].detach().argmax(dim=1) == batch["label"]).sum()
         bs = batch["label"].shape[0]
         self._train_seen += bs
@@ -176,10 +177,10 @@ class CAMClassifier(L.LightningModule):
         ]
         try:
             optimizer = self.optimizer_factory(groups)
-        except (TypeError, ValueError) as err:  # e.g. model.optimizer.lr=abc or a negative lr
+        except (TypeError, ValueError) as err:  # e.g. lr="abc" or a negative lr
             name = getattr(getattr(self.optimizer_factory, "func", None), "__name__", "the optimizer")
-            raise ConfigError(f"model.optimizer: {name} rejects its arguments: {err} (check model.optimizer.lr, "
-                              f"weight_decay, momentum ...)") from None
+            raise ConfigError(f"optimizer: {name} rejects its arguments: {err} (check its lr, weight_decay, "
+                              f"momentum ...)", settings=["optimizer"]) from None
         if self.head_lr_mult != 1.0:
             optimizer.param_groups[1]["lr"] *= self.head_lr_mult
             optimizer.param_groups[1]["initial_lr"] = optimizer.param_groups[1]["lr"]
@@ -220,8 +221,8 @@ class CAMClassifier(L.LightningModule):
         try:
             return factory(optimizer, **extra)
         except TypeError as err:  # a keyword the scheduler does not take (e.g. pct_start for a cosine schedule)
-            raise ConfigError(f"model.scheduler: {target.__name__} rejects its arguments: {err} (check the "
-                              f"model.scheduler keys)") from None
+            raise ConfigError(f"scheduler: {target.__name__} rejects its arguments: {err} (check the scheduler's "
+                              f"arguments)", settings=["scheduler"]) from None
 
 
 def _one_cycle_pct_start(given: dict, params, steps: int) -> float | None:

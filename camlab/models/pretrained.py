@@ -32,9 +32,12 @@ size, normalization, class names).
 
 from __future__ import annotations
 
+import functools
+import importlib
 import inspect
 import os
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import torch
@@ -48,6 +51,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "InputSpec",
+    "build_config_node",
     "cam_model_from_torchvision_module",
     "from_torchvision",
     "load_cam_model",
@@ -286,8 +290,6 @@ def load_checkpoint(path: str | os.PathLike, contents: dict[str, Any] | None = N
     carries ``input_spec`` and ``class_names`` from the training data module. ``contents``: the file already
     loaded by :func:`read_checkpoint` (to avoid a second read).
     """
-    from hydra.utils import instantiate
-
     path = os.fspath(path)
     ckpt = read_checkpoint(path) if contents is None else contents
     if not is_camlab_checkpoint(ckpt):
@@ -298,7 +300,7 @@ def load_checkpoint(path: str | os.PathLike, contents: dict[str, Any] | None = N
     bb = dict(run_config["backbone"])
     if "pretrained" in bb:
         bb["pretrained"] = False  # the checkpoint has the weights; the original file may not exist here
-    backbone = instantiate(bb, _convert_="partial")
+    backbone = build_config_node(bb)
     hp = dict(ckpt.get("hyper_parameters", {}))
     accepted = set(inspect.signature(CAMClassifier.__init__).parameters) - {"self", "backbone", "optimizer",
                                                                              "scheduler"}
@@ -322,6 +324,45 @@ def load_checkpoint(path: str | os.PathLike, contents: dict[str, Any] | None = N
         class_names=list(names),
     )
     return model.eval()
+
+
+def build_config_node(node: Any) -> Any:
+    """A stored (resolved) config node built as Hydra's ``instantiate`` does, without Hydra: a mapping with a
+    ``_target_`` calls it with its other keys (nested nodes built first; ``_args_``: positional arguments;
+    ``_partial_: true``: a ``functools.partial``); other mappings and lists are built item by item.
+
+    >>> build_config_node({"_target_": "builtins.dict", "a": 1, "b": [{"_target_": "builtins.abs", "_args_": [-2]}]})
+    {'a': 1, 'b': [2]}
+    >>> build_config_node({"_target_": "builtins.max", "_partial_": True, "default": 0})([])
+    0
+    """
+    if isinstance(node, (list, tuple)):
+        return [build_config_node(v) for v in node]
+    if not isinstance(node, Mapping):
+        return node
+    if "_target_" not in node:
+        return {k: build_config_node(v) for k, v in node.items()}
+    kwargs = {k: build_config_node(v) for k, v in node.items() if not (k.startswith("_") and k.endswith("_"))}
+    args = [build_config_node(v) for v in node.get("_args_", ())]
+    target = _locate(str(node["_target_"]))
+    if node.get("_partial_"):
+        return functools.partial(target, *args, **kwargs)
+    return target(*args, **kwargs)
+
+
+def _locate(dotted: str) -> Any:
+    """The object named by a dotted path (``camlab.models.backbones.create_backbone``)."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        try:
+            return functools.reduce(getattr, parts[i:], obj)
+        except AttributeError:
+            break
+    raise ValueError(f"cannot import '{dotted}' (a _target_ of the checkpoint's stored run config)")
 
 
 def load_cam_model(source: str | os.PathLike, torchvision_arch: str | None = None,

@@ -1,41 +1,24 @@
-"""Compare the jobs of a multirun: ``camlab-compare <sweep dir>`` or ``python -m camlab.compare <sweep dir>``.
-
-Reads every job dir of a Hydra sweep dir (``outputs/<task>/multiruns/<timestamp>/<job number>/``), or the run/job
-dirs given on the command line, and reports per job: the overrides that vary across jobs (the common ones go in a
-footer), the final value of every ``val/...`` and ``test/...`` metric in ``csv/metrics.csv``, the best value of the
-sort metric over epochs, the parameter count (from ``checkpoints/last.ckpt``), the wall time and the status
-(finished / failed / running). Prints a table sorted by ``--sort`` and writes ``comparison.csv``, ``comparison.md``
-and ``comparison.png`` (x = val/acc, y = the sort metric, one labelled point per job) into the sweep dir or ``--out``.
-"""
+"""Reading the jobs of a sweep for ``camlab-compare``: finding the job dirs, and per job its overrides, metrics,
+parameter count, wall time and status (finished / failed / running)."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-PROG = "camlab-compare"
-DEFAULT_SORT = "val/loc/MaxBoxAccV2"
-DEFAULT_METRICS = [
-    "val/acc", "val/loc/top1_loc", "val/loc/MaxBoxAccV2", "val/loc/PxAP",
-    "test/acc", "test/loc/top1_loc", "test/loc/MaxBoxAccV2", "test/loc/PxAP",
-]
+from camlab.errors import CompareError
+
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 LOG_TIME = re.compile(r"^\[(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}),(\d{3})\]")
 # BatchNorm statistics are float tensors of the state_dict but not parameters (Lightning's "Total params").
 NOT_PARAMS = ("running_mean", "running_var")
-
-
-class CompareError(Exception):
-    """A problem with the user's input: reported as one line, exit code 2."""
 
 
 @dataclass
@@ -221,7 +204,7 @@ def _is_eval_job(job_dir: Path, cfg: dict) -> bool:
     return "eval" in cfg and "split" in cfg
 
 
-def _acc_key(sort: str) -> str:
+def acc_key(sort: str) -> str:
     """The classification accuracy of the sort metric's stage: ``test/acc`` for ``test/...``, else ``val/acc``."""
     return "test/acc" if sort.startswith("test/") else "val/acc"
 
@@ -258,9 +241,9 @@ def read_job(job_dir: Path, label: str, sort: str, ascending: bool, later_job_ex
         pick = min if ascending else max
         best_epoch, job.best = pick(values, key=lambda ev: ev[1])  # first occurrence wins ties
         job.best_epoch = best_epoch
-        acc_key = _acc_key(sort)
-        at_epoch = [v for e, v in job.series.get(acc_key, []) if e == best_epoch]
-        job.x_at_best = at_epoch[-1] if at_epoch else job.final.get(acc_key)
+        acc = acc_key(sort)
+        at_epoch = [v for e, v in job.series.get(acc, []) if e == best_epoch]
+        job.x_at_best = at_epoch[-1] if at_epoch else job.final.get(acc)
     job.params = count_params(job_dir)
     job.wall_s, job.wall_source, newest = wall_time(job_dir)
 
@@ -320,221 +303,3 @@ def collect(paths: list[Path], sort: str, ascending: bool, running_window: float
                                           for j, s in found)
         jobs.append(read_job(job_dir, label, sort, ascending, later, sequential[sweep], running_window, now))
     return jobs
-
-
-# ----------------------------------------------------------------------------------------------- reporting
-
-
-def split_overrides(jobs: list[Job]) -> tuple[list[str], dict[str, str]]:
-    """(keys whose value differs across jobs, {key: value} common to all jobs)."""
-    keys: list[str] = []
-    for job in jobs:
-        keys += [k for k in job.overrides if k not in keys]
-    varying = [k for k in keys if len({job.overrides.get(k) for job in jobs}) > 1]
-    fixed = {k: jobs[0].overrides[k] for k in keys if k not in varying}
-    return varying, fixed
-
-
-def sort_jobs(jobs: list[Job], ascending: bool) -> list[Job]:
-    have = [j for j in jobs if j.best is not None and not math.isnan(j.best)]
-    rest = [j for j in jobs if j not in have]
-    have.sort(key=lambda j: j.best, reverse=not ascending)  # stable: ties keep job order
-    return have + rest
-
-
-def fmt(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"{value:.4g}"
-
-
-def fmt_params(n: int | None) -> str:
-    if n is None:
-        return "—"
-    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} K"
-
-
-def fmt_wall(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    seconds = round(seconds)
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
-def table_rows(jobs: list[Job], varying: list[str], metrics: list[str], sort: str, ascending: bool):
-    best_name = f"{'min' if ascending else 'best'} {sort}"
-    header = ["job", "status", *varying, best_name, "best epoch", *metrics, "params", "wall"]
-    rows = []
-    for job in jobs:
-        rows.append([job.label, job.status, *(job.overrides.get(k, "—") for k in varying), fmt(job.best),
-                     "—" if job.best_epoch is None else str(job.best_epoch),
-                     *(fmt(job.final.get(m)) for m in metrics), fmt_params(job.params), fmt_wall(job.wall_s)])
-    return header, rows
-
-
-def footer_lines(jobs: list[Job], fixed: dict[str, str], sort: str) -> list[str]:
-    lines = []
-    if fixed:
-        lines.append("same in all jobs: " + " ".join(f"{k}={v}" for k, v in fixed.items()))
-    explain = {
-        "log+mtime": "log+mtime = first timestamp of the job's log (train.log or eval.log) to the newest file in the job dir",
-        "log": "log = first to last train.log timestamp (misses the test loop)",
-        "mtime": "mtime = .hydra/config.yaml to the newest file in the job dir",
-    }
-    sources = sorted({j.wall_source.split(" ")[0] for j in jobs if j.wall_source})
-    if sources:
-        so_far = any("so far" in j.wall_source for j in jobs)
-        lines.append("wall: " + "; ".join(explain[s] for s in sources) + ("; running jobs: so far" if so_far else ""))
-    lines.append(f"metrics: final (last logged) values; best {sort} over epochs (epochs count from 0); "
-                 f"params: float tensors of last.ckpt's state_dict without BatchNorm statistics")
-    for job in jobs:
-        if job.note:
-            lines.append(f"job {job.label}: {job.status}: {job.note}")
-    return lines
-
-
-def print_table(header: list[str], rows: list[list[str]], footer: list[str], title: str) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # plain text
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-        print(title)
-        for line in [header, *rows]:
-            print("  ".join(c.ljust(w) for c, w in zip(line, widths)))
-        print("\n".join(footer))
-        return
-    # Not a terminal (a pipe, a file, a test): never truncate or fold a number.
-    console = Console() if sys.stdout.isatty() else Console(width=10_000)
-    table = Table(title=title, title_justify="left")
-    for i, name in enumerate(header):
-        head, sep, tail = name.rpartition("/")
-        label = f"{head}{sep}\n{tail}" if len(name) > 12 and sep else name
-        table.add_column(label, justify="left" if i < 2 else "right", overflow="fold")
-    status_style = {"finished": "", "failed": "red", "running": "yellow"}
-    for row in rows:
-        table.add_row(*row, style=status_style.get(row[1], ""))
-    console.print(table)
-    for line in footer:
-        console.print(line, highlight=False, markup=False)
-
-
-def write_csv(file: Path, jobs: list[Job], varying: list[str], sort: str, ascending: bool) -> None:
-    metric_keys = sorted({k for j in jobs for k in j.final}, key=lambda k: (not k.startswith("val/"), k))
-    best_name = f"{'min' if ascending else 'best'} {sort}"
-    fields = ["job", "status", *varying, best_name, "best_epoch", "epochs", *metric_keys, "params", "wall_s",
-              "wall_source", "note", "path"]
-    with file.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(fields)
-        for j in jobs:
-            writer.writerow([j.label, j.status, *(j.overrides.get(k, "") for k in varying),
-                             "" if j.best is None else repr(j.best), "" if j.best_epoch is None else j.best_epoch,
-                             "" if j.epochs is None else j.epochs,
-                             *("" if j.final.get(k) is None else repr(j.final[k]) for k in metric_keys),
-                             "" if j.params is None else j.params,
-                             "" if j.wall_s is None else f"{j.wall_s:.1f}", j.wall_source, j.note, str(j.path)])
-
-
-def write_markdown(file: Path, header: list[str], rows: list[list[str]], footer: list[str], title: str) -> None:
-    def esc(cell: str) -> str:
-        return cell.replace("|", "\\|")
-
-    lines = [f"# {title}", "", "| " + " | ".join(map(esc, header)) + " |",
-             "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
-    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in rows]
-    lines += [""] + [f"- {line}" for line in footer]
-    file.write_text("\n".join(lines) + "\n")
-
-
-def write_plot(file: Path, jobs: list[Job], varying: list[str], sort: str, ascending: bool, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
-    shown = [j for j in jobs if j.best is not None and j.x_at_best is not None]
-    colors = {"finished": "tab:blue", "failed": "tab:red", "running": "tab:orange"}
-    for job in shown:
-        ax.scatter(job.x_at_best, job.best, s=40, color=colors.get(job.status, "gray"), zorder=3)
-        text = " ".join(f"{k}={job.overrides.get(k, '—')}" for k in varying) or job.label
-        ax.annotate(f"{job.label}: {text}" if varying else text, (job.x_at_best, job.best),
-                    textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xlabel(f"{_acc_key(sort)} (at the best epoch)")
-    ax.set_ylabel(f"{'min' if ascending else 'best'} {sort}")
-    missing = len(jobs) - len(shown)
-    ax.set_title(title + (f"\n({missing} job(s) without values not shown)" if missing else ""), fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.margins(0.15)
-    fig.tight_layout()
-    fig.savefig(file)
-    plt.close(fig)
-
-
-# ----------------------------------------------------------------------------------------------- main
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Compare the jobs of a camlab multirun (camlab-train -m ...): a sorted table of "
-        "the varying overrides, final/best metrics, parameter count, wall time and status; writes comparison.csv, "
-        "comparison.md and comparison.png.")
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
-                        help="a sweep dir (outputs/<task>/multiruns/<timestamp>) or run/job dirs")
-    parser.add_argument("--sort", default=DEFAULT_SORT, help=f"metric to rank by (default {DEFAULT_SORT}); "
-                        "its best value over epochs is shown and plotted against val/acc")
-    parser.add_argument("--ascending", action="store_true",
-                        help="lower is better (e.g. --sort val/loss): best = min, sorted ascending")
-    parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
-                        help="comma-separated final metrics for the printed/Markdown table (the CSV has all)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where to write comparison.{csv,md,png} (default: the sweep/run dir given; "
-                             "with several paths: the current dir)")
-    parser.add_argument("--running-window", type=float, default=600, metavar="SECONDS",
-                        help="an unfinished job that wrote a file within this many seconds is 'running', "
-                             "else 'failed' (default 600; a job before a later job of a sequential sweep is "
-                             "always 'failed')")
-    parser.add_argument("--no-files", action="store_true", help="only print the table")
-    return parser
-
-
-def run(args: argparse.Namespace) -> None:
-    jobs = collect(args.paths, args.sort, args.ascending, args.running_window)
-    if not any(args.sort in j.series for j in jobs):
-        known = sorted({k for j in jobs for k in j.series if k.startswith(("val/", "test/"))})
-        if known:
-            raise CompareError(f"--sort {args.sort}: no job logged it; logged: {', '.join(known)}")
-    jobs = sort_jobs(jobs, args.ascending)
-    varying, fixed = split_overrides(jobs)
-    requested = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    metrics = [m for m in requested if any(m in j.final for j in jobs)]
-    header, rows = table_rows(jobs, varying, metrics, args.sort, args.ascending)
-    footer = footer_lines(jobs, fixed, args.sort)
-    where = args.paths[0] if len(args.paths) == 1 else Path.cwd()
-    title = f"{len(jobs)} jobs of {args.paths[0]}" if len(args.paths) == 1 else f"{len(jobs)} jobs"
-    print_table(header, rows, footer, title)
-    if args.no_files:
-        return
-    out = args.out or where
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "comparison.csv", jobs, varying, args.sort, args.ascending)
-    write_markdown(out / "comparison.md", header, rows, footer, title)
-    write_plot(out / "comparison.png", jobs, varying, args.sort, args.ascending, title)
-    print(f"wrote {out / 'comparison.csv'}, comparison.md, comparison.png")
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except CompareError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except OSError as err:  # unreadable dirs, a read-only --out, ...
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-if __name__ == "__main__":
-    main()

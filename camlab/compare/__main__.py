@@ -1,0 +1,5 @@
+"""``python -m camlab.compare``: the same as ``camlab-compare``."""
+
+from camlab.compare.cli import main
+
+main()

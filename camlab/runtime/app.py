@@ -1,0 +1,147 @@
+"""How every Hydra entry point runs: ``run_app`` around its body, ``describe_error`` for bad input.
+
+Bad input ends the process with one ``camlab: error: ...`` line, no traceback; the line names the config keys
+to set (library messages speak in argument names: :class:`camlab.errors.ConfigError` ``settings``, or the
+node Hydra was instantiating).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import DictConfig
+
+from camlab.errors import ConfigError
+from camlab.runtime.config import config_keys
+from camlab.runtime.ddp import cleanup_distributed, install_ddp_child_command
+from camlab.runtime.process import quiet_duplicate_lightning_logs
+from camlab.runtime.trackers import finish_experiment_trackers
+
+# Errors whose message is meant for the user: shown as one line, without a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, TypeError)
+CAMLAB_ROOT = Path(__file__).resolve().parents[1]  # the camlab package
+_ARGUMENT = re.compile(r"\b([a-z_][a-z0-9_]*)=")  # `skip_corrupt=True` in a message
+
+
+def run_app(module: str, fn: Any, cfg: DictConfig) -> Any:
+    """Run an entry point's body ``fn(cfg)`` as every camlab console script does; return its result.
+
+    DDP child processes re-run ``python -m <module>``; bad input (:class:`ConfigError`, or a library error
+    :func:`describe_error` recognises) ends the process with one ``camlab: error: ...`` line and no traceback
+    (``HYDRA_FULL_ERROR=1`` shows the traceback);
+    W&B runs are finished and the process group destroyed however ``fn`` ends.
+    """
+    quiet_duplicate_lightning_logs()
+    install_ddp_child_command(module)
+    try:
+        return fn(cfg)
+    except Exception as err:  # noqa: BLE001
+        message = describe_error(err, cfg)
+        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        raise SystemExit(f"camlab: error: {message}") from None
+    finally:
+        finish_experiment_trackers()
+        cleanup_distributed()
+
+
+def describe_error(err: BaseException, cfg: DictConfig | None = None) -> str | None:
+    """A one-line description of a user-fixable error, else None (the caller shows the traceback).
+
+    User-fixable: :class:`ConfigError` (and :class:`~camlab.errors.DataError`); a ``ValueError`` /
+    ``TypeError`` / ``KeyError`` / ``FileNotFoundError`` raised while Hydra instantiated a config node; a
+    ``ValueError`` raised by camlab's own checks (innermost frame in camlab); a DataLoader worker's re-raised
+    error of those kinds; a few library errors about the user's setup (a ``???`` config value, Lightning's
+    ``MisconfigurationException``, W&B login/network errors).
+
+    The config keys to set are appended: those of the error's ``settings`` found in ``cfg`` (see
+    :func:`camlab.runtime.config.config_keys`), else the node Hydra was instantiating.
+    """
+    from hydra.errors import InstantiationException
+
+    key = None
+    root: BaseException = err
+    while isinstance(root, InstantiationException):
+        msg = str(root)
+        if "full_key:" in msg and key is None:
+            key = msg.rsplit("full_key:", 1)[1].strip().splitlines()[0]
+        if root.__cause__ is None:
+            # Hydra's own problem (e.g. a _target_ that cannot be imported): its message is already readable.
+            first = msg.strip().splitlines()
+            return " ".join(line.strip() for line in first if line.strip())
+        root = root.__cause__
+    if (isinstance(root, ConfigError) or (root is not err and isinstance(root, USER_ERRORS))
+            or (type(root) is ValueError and _raised_in_camlab(root))):
+        text = str(root.args[0]) if isinstance(root, KeyError) and root.args else str(root)
+        message = _unwrap_worker_message(root, text)
+        settings = getattr(root, "settings", ())
+        if not settings and message != text:  # re-raised from a worker: the error's own attributes are lost
+            settings = _ARGUMENT.findall(message)
+        return f"{message}{_where(cfg, settings, key)}"
+    if isinstance(root, FileNotFoundError):
+        return str(root)
+    library = _library_user_error(root)
+    return None if library is None else f"{library}{_where(cfg, (), key)}"
+
+
+def _where(cfg: DictConfig | None, settings: Iterable[str], node: str | None) -> str:
+    """`` (config key 'data.skip_corrupt')``: the keys of ``settings`` in ``cfg``, else Hydra's ``node``."""
+    keys: list[str] = []
+    if cfg is not None and settings:
+        try:
+            keys = config_keys(cfg, settings, scope=node)
+        except Exception:  # noqa: BLE001 - the error being reported matters more than its config keys
+            keys = []
+    keys = keys or ([node] if node else [])
+    if not keys:
+        return ""
+    return f" (config key{'s' if len(keys) > 1 else ''} {', '.join(repr(k) for k in keys)})"
+
+
+def _raised_in_camlab(err: BaseException) -> bool:
+    """Whether the innermost Python frame of ``err``'s traceback is camlab's own code (a deliberate check)."""
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(CAMLAB_ROOT)
+
+
+def _unwrap_worker_message(err: BaseException, text: str) -> str:
+    """A DataLoader worker's error re-raised in the main process carries the worker's whole traceback in its
+    message ("Caught DataError in DataLoader worker process 0. Original Traceback ..."); keep its last part."""
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return text
+    lines = text.splitlines()
+    cls = type(err)
+    prefixes = (f"{cls.__module__}.{cls.__qualname__}: ", f"{cls.__qualname__}: ")
+    for i in range(len(lines) - 1, -1, -1):
+        for prefix in prefixes:
+            if lines[i].startswith(prefix):
+                return "\n".join([lines[i][len(prefix):], *lines[i + 1:]]).strip()
+    return lines[-1].strip()
+
+
+def _library_user_error(err: BaseException) -> str | None:
+    """Errors of libraries (not camlab) that are about the user's setup, with what to do."""
+    cls, text = type(err), str(err).strip()
+    module = cls.__module__ or ""
+    if cls.__name__ == "MissingMandatoryValue" and module.startswith("omegaconf"):
+        key = text.rsplit("full_key:", 1)[1].split()[0] if "full_key:" in text else "?"
+        return f"config key '{key}' has no value (??? in the config): set it on the command line, e.g. {key}=..."
+    if cls.__name__ == "MisconfigurationException":
+        first = " ".join(line.strip() for line in text.splitlines() if line.strip())
+        if "could not find the monitored key" in first:
+            first = first.split(" HINT:")[0] + " Set optimized_metric (the checkpoint's monitor) to one of them."
+        if "gpu" in first.lower() and ("no supported" in first.lower() or "not available" in first.lower()):
+            first += " (this machine has no usable GPU: run on the CPU with trainer=cpu)"
+        return first
+    if module.startswith("wandb"):
+        first = (text.splitlines()[0] if text else cls.__name__).rstrip(". ")
+        return (f"Weights & Biases: {first}. Log in (`wandb login` or WANDB_API_KEY), or run without the "
+                f"network: WANDB_MODE=offline (sync later with `wandb sync`) or logger=csv")
+    return None
