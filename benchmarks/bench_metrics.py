@@ -104,7 +104,7 @@ def plain_loop(cams: np.ndarray, boxes: np.ndarray, masks: np.ndarray, grid: np.
 
 
 def fast(cams, boxes, num, masks, grid, parallel=False, batch=64):
-    wm = WSOLMetrics(grid, (30, 50, 70), max_box_acc=False, masks=True, topk=(), parallel=parallel)
+    wm = WSOLMetrics(grid, (30, 50, 70), max_box_acc=False, masks=True, topk=(), gt_known=False, parallel=parallel)
     for s in range(0, cams.shape[0], batch):
         sl = slice(s, min(s + batch, cams.shape[0]))  # views, as a callback gets its batch tensors
         wm.update(cams[sl], boxes=boxes[sl], num_boxes=num[sl], masks=masks[sl], index=torch.arange(sl.start, sl.stop))

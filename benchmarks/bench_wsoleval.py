@@ -88,7 +88,7 @@ def camlab_scores(maps: np.ndarray, boxes: np.ndarray, num_boxes: np.ndarray, ma
     """
     from camlab.wsol import WSOLMetrics
 
-    wm = WSOLMetrics(cam_thresholds=INTERVAL, iou_thresholds=IOUS, masks=True, max_box_acc=False, topk=())
+    wm = WSOLMetrics(cam_thresholds=INTERVAL, iou_thresholds=IOUS, masks=True, max_box_acc=False, topk=(), gt_known=False)
     maps_t, boxes_t = torch.from_numpy(maps), torch.from_numpy(boxes)
     num_t, masks_t, index_t = torch.from_numpy(num_boxes), torch.from_numpy(masks), torch.from_numpy(index)
     for s in range(0, len(maps), BATCH):

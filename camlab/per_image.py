@@ -145,8 +145,11 @@ class PerImageWriter(L.Callback):
             w.writerow(header)
             for r in rows:
                 line = [r["index"], r["label"], name(r["label"]), r["pred"], name(r["pred"]), f"{r['score']:.6g}",
-                        int(r["correct"]), f"{r['gt_known_iou']:.6f}", int(r["gt_known_hit"]), int(r["top1_loc"]),
-                        *r["gt_known_box"]]
+                        int(r["correct"])]
+                if "gt_known_iou" in r:
+                    line += [f"{r['gt_known_iou']:.6f}", int(r["gt_known_hit"]), int(r["top1_loc"]), *r["gt_known_box"]]
+                else:  # GT-known loc off (the callback's topk is empty): empty cells, never invented values
+                    line += [""] * 7
                 for k in ks:
                     line += [f"{r[f'threshold{k}']:.6g}", f"{r[f'iou{k}']:.6f}", int(r[f"hit{k}"]), *r[f"box{k}"]]
                 w.writerow(line)

@@ -416,3 +416,21 @@ def test_sync_under_a_process_group_equals_no_group(box_metrics, tmp_path):
     assert rows.keys() == want_rows.keys()
     assert all(np.array_equal(rows[k], want_rows[k], equal_nan=True) for k in rows)
     assert isinstance(synced.index, list)  # unsynced afterwards: the metric can be updated again
+
+
+def test_gt_known_off_skips_the_fixed_threshold_protocol():
+    cams = torch.zeros(2, 12, 12)
+    cams[:, 2:6, 2:6] = 1.0
+    cams[:, 8:11, 8:11] = 0.9  # two components at 0.2: GT-known loc would need OpenCV
+    boxes = torch.tensor([[[2.0, 2.0, 6.0, 6.0]], [[8.0, 8.0, 11.0, 11.0]]])
+    on, off = WSOLMetrics(topk=()), WSOLMetrics(topk=(), gt_known=False)
+    for m in (on, off):
+        m.update(cams, boxes, torch.tensor([1, 1]), index=torch.tensor([0, 1]))
+    assert "loc_iou" in on.state_names and "loc_iou" not in off.state_names
+    assert on.compute()["gt_known_loc"].item() == 50.0 and "gt_known_loc" not in off.compute()
+    assert {k: v for k, v in on.compute().items() if k != "gt_known_loc"} == off.compute()
+    rows = off.report().per_image()
+    assert len(rows) == 2 and "gt_known_iou" not in rows[0] and rows[0]["hit50"] is True
+    with pytest.raises(ValueError):
+        WSOLMetrics(topk=(0,))
+    assert WSOLMetrics(topk=(1,), gt_known=False).loc  # top-k loc needs it

@@ -43,7 +43,7 @@ class WSOLReport:
 
     def per_image(self) -> list[dict]:
         """One dict per image: ``index``, ``label``, ``pred``, ``score``, ``correct``, ``gt_known_iou``,
-        ``gt_known_hit``, ``top1_loc``, ``gt_known_box`` and, per IoU threshold k, ``threshold{k}`` (the
+        ``gt_known_hit``, ``top1_loc``, ``gt_known_box`` (when GT-known loc was measured) and, per IoU threshold k, ``threshold{k}`` (the
         dataset's best threshold), ``iou{k}``, ``hit{k}``, ``box{k}`` at it. Boxes are inclusive pixels."""
         r = self.rows
         if not r:
@@ -53,10 +53,12 @@ class WSOLReport:
         out = []
         for i in range(n):
             correct = bool(r["pred"][i] == r["label"][i])
-            hit = bool(r["loc_hit"][i])
             row = {"index": int(r["index"][i]), "label": int(r["label"][i]), "pred": int(r["pred"][i]),
-                   "score": float(r["score"][i]), "correct": correct, "gt_known_iou": float(r["loc_iou"][i]),
-                   "gt_known_hit": hit, "top1_loc": correct and hit, "gt_known_box": r["loc_box"][i].tolist()}
+                   "score": float(r["score"][i]), "correct": correct}
+            if "loc_iou" in r:  # GT-known loc was measured (topk not empty)
+                hit = bool(r["loc_hit"][i])
+                row.update({"gt_known_iou": float(r["loc_iou"][i]), "gt_known_hit": hit, "top1_loc": correct and hit,
+                            "gt_known_box": r["loc_box"][i].tolist()})
             for k, j in best.items():
                 iou = float(r["ious"][i, j])
                 row.update({f"threshold{k:g}": float(self.thresholds[j]), f"iou{k:g}": iou,
@@ -73,8 +75,10 @@ class WSOLMetrics(Metric):
         iou_thresholds: MaxBoxAccV2's IoU thresholds in percent.
         max_box_acc: also MaxBoxAcc (largest contour, IoU 50): OpenCV at the levels with several components.
         masks: also PxAP / PIoU (``update`` then takes ``masks``; images without are left out of PxAP).
-        topk: top-k loc and cls (needs ``logits`` and ``labels``); ``()`` for none.
+        topk: top-k loc and top-k cls (need ``logits`` and ``labels``); ``()`` for none.
         loc_cam_threshold, loc_iou_threshold, loc_multi_contour: the fixed-threshold protocol of GT-known loc.
+        gt_known: GT-known loc (the largest contour at ``loc_cam_threshold`` by default: OpenCV where that level has
+            several components); always on with ``topk``. False with ``topk=()`` skips it.
         box_metrics: False for a PxAP-only metric (``update`` then needs no boxes).
         parallel: the kernels over the images of a batch on numba threads (identical results).
 
@@ -100,7 +104,7 @@ class WSOLMetrics(Metric):
     def __init__(self, cam_thresholds=None, iou_thresholds: Sequence[float] = (30, 50, 70), max_box_acc: bool = True,
                  masks: bool = False, topk: Sequence[int] = (1, 5), loc_cam_threshold: float = 0.2,
                  loc_iou_threshold: float = 0.5, loc_multi_contour: bool = False, box_metrics: bool = True,
-                 parallel: bool = False, **kwargs) -> None:
+                 gt_known: bool = True, parallel: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.thresholds = resolve_thresholds(cam_thresholds)
         self.iou_thresholds = check_iou_thresholds(iou_thresholds)
@@ -114,9 +118,11 @@ class WSOLMetrics(Metric):
         self.loc_cam_threshold, self.loc_iou_threshold = float(loc_cam_threshold), float(loc_iou_threshold)
         self.loc_multi_contour, self.box_metrics = bool(loc_multi_contour), bool(box_metrics)
         self.max_box_acc, self.masks, self.parallel = bool(max_box_acc) and self.box_metrics, bool(masks), bool(parallel)
+        self.loc = self.box_metrics and (bool(gt_known) or bool(self.topk))  # the fixed-threshold protocol
         states = ["index", "label", "pred", "score", "cls_hit"]
         if self.box_metrics:
-            states += ["ious", "boxes", "loc_iou", "loc_box"] + (["largest"] if self.max_box_acc else [])
+            states += ["ious", "boxes"] + (["loc_iou", "loc_box"] if self.loc else [])
+            states += ["largest"] if self.max_box_acc else []
         if self.masks:
             states += ["hist", "has_mask"]
         self.state_names = tuple(states)
@@ -154,17 +160,21 @@ class WSOLMetrics(Metric):
         if self.box_metrics:
             if boxes is None:
                 raise ValueError("boxes (B, G, 4) are required for the box metrics (box_metrics=False for PxAP only)")
-            thresholds = np.append(self.thresholds, self.loc_cam_threshold)  # the fixed threshold rides along
-            scan = scan_levels(maps, boxes, num_boxes, thresholds, parallel=self.parallel)
             T = self.thresholds.shape[0]
+            # the fixed localization threshold rides along with the grid: column T
+            thresholds = np.append(self.thresholds, self.loc_cam_threshold) if self.loc else self.thresholds
+            scan = scan_levels(maps, boxes, num_boxes, thresholds, parallel=self.parallel)
             row["ious"], row["boxes"] = scan.iou[:, 0, :T], scan.box[:, 0, :T]  # int32: gloo gathers no int16
-            if self.max_box_acc:
-                row["largest"] = largest_contour(scan, maps, np.arange(T))[0]
-            if self.loc_multi_contour:
+            loc_largest = self.loc and not self.loc_multi_contour
+            if self.max_box_acc or loc_largest:  # one OpenCV pass over the distinct levels of both
+                cols = np.arange(T + loc_largest) if self.max_box_acc else np.array([T])
+                iou, box = largest_contour(scan, maps, cols)
+                if self.max_box_acc:
+                    row["largest"] = iou[:, :T]
+                if loc_largest:
+                    row["loc_iou"], row["loc_box"] = iou[:, -1], box[:, -1]
+            if self.loc and self.loc_multi_contour:
                 row["loc_iou"], row["loc_box"] = scan.iou[:, 0, T], scan.box[:, 0, T]
-            else:
-                iou, box = largest_contour(scan, maps, [T])
-                row["loc_iou"], row["loc_box"] = iou[:, 0], box[:, 0]
         if self.masks:
             if masks is None:
                 row["hist"] = np.zeros((B, 2, self.thresholds.shape[0] + 2), np.int32)
@@ -191,7 +201,7 @@ class WSOLMetrics(Metric):
         rows = {}
         for name in self.state_names:
             rows[name] = dim_zero_cat(getattr(self, name)).cpu().numpy()[first]
-        if self.box_metrics:
+        if self.loc:
             rows["loc_hit"] = rows["loc_iou"] >= self.loc_iou_threshold
         return rows
 
@@ -205,6 +215,7 @@ class WSOLMetrics(Metric):
             out.update(box_accuracy(rows["ious"], self.thresholds, self.iou_thresholds, "MaxBoxAccV2"))
             if self.max_box_acc:
                 out.update(box_accuracy(rows["largest"], self.thresholds, (50,), "MaxBoxAcc"))
+        if self.loc:
             with_cls = self.topk if (rows["pred"] >= 0).all() and (rows["label"] >= 0).all() else ()
             out.update(localization_accuracy(rows["loc_iou"], rows["cls_hit"], with_cls, self.loc_iou_threshold))
         if self.masks and rows["has_mask"].any():

@@ -23,11 +23,12 @@ from numba import njit
 
 from camlab.wsol.boxes import best_iou
 
-__all__ = ["level_ranks", "scan_rows"]
+__all__ = ["find_root", "level_ranks", "scan_rows"]
 
 
 @njit(cache=True, inline="always")
-def _find(parent, x):
+def find_root(parent, x):
+    """The root of x in a union-find forest, halving the path on the way."""
     while parent[x] != x:
         parent[x] = parent[parent[x]]
         x = parent[x]
@@ -310,7 +311,7 @@ def _general_level(j, yf, yl, e0, e1, sy, sx, L, R, rmax, W, H, gt, n_gt, buf, b
                 hi = max(hi, b)
             cx0[0] = a
             cx1[0] = b
-            root = _find(par, pnode[0])
+            root = find_root(par, pnode[0])
             bb[root, 0] = min(bb[root, 0], lo)
             bb[root, 2] = max(bb[root, 2], hi)
             bb[root, 3] = y
@@ -328,8 +329,8 @@ def _general_level(j, yf, yl, e0, e1, sy, sx, L, R, rmax, W, H, gt, n_gt, buf, b
             q = 0
             while i < pc and q < cc:
                 if px0[i] <= cx1[q] + 1 and cx0[q] <= px1[i] + 1:
-                    ra = _find(par, pnode[i])
-                    rb = _find(par, cnode[q])
+                    ra = find_root(par, pnode[i])
+                    rb = find_root(par, cnode[q])
                     if ra != rb:
                         par[ra] = rb
                         _merge_box(bb, ra, rb)
@@ -356,8 +357,8 @@ def _general_level(j, yf, yl, e0, e1, sy, sx, L, R, rmax, W, H, gt, n_gt, buf, b
         q = 0
         while i < pgc and q < k:
             if phx0[i] <= hx1[q] and hx0[q] <= phx1[i]:
-                ra = _find(gpar, pgnode[i])
-                rb = _find(gpar, gnode[q])
+                ra = find_root(gpar, pgnode[i])
+                rb = find_root(gpar, gnode[q])
                 if ra != rb:
                     gpar[ra] = rb
                     _merge_box(gbb, ra, rb)

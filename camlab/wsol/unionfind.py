@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit
 
 from camlab.wsol.boxes import best_iou
-from camlab.wsol.rowscan import level_ranks
+from camlab.wsol.rowscan import find_root, level_ranks
 
 __all__ = ["ARCS", "EULER", "GROUPS", "NARCS", "NGROUPS", "scan_union_find"]
 
@@ -91,14 +91,6 @@ NGROUPS, GROUPS = _group_tables()
 
 
 @njit(cache=True, inline="always")
-def _find(parent, x):
-    while parent[x] != x:
-        parent[x] = parent[parent[x]]
-        x = parent[x]
-    return x
-
-
-@njit(cache=True, inline="always")
 def _push(hv, hid, hver, size, v, r, ver):
     i = size
     while i > 0:
@@ -139,6 +131,37 @@ def _pop(hv, hid, hver, size):
         hid[i] = r
         hver[i] = ver
     return size
+
+
+@njit(cache=True, inline="always")
+def _box_of(r, bx0, by0, bx1, by1, grow, W, H, out):
+    # root r's scored box: its pixel box (grow 0: a component) or its pixel box grown by one (grow 1: a hole),
+    # then the boundingRect quirk and wsoleval's clip
+    out[0] = bx0[r] - grow
+    out[1] = by0[r] - grow
+    out[2] = min(bx1[r] + 1 + grow, W - 1)
+    out[3] = min(by1[r] + 1 + grow, H - 1)
+
+
+@njit(cache=True)
+def _level_best(dirty, nd, parent, ver, bx0, by0, bx1, by1, grow, W, H, gt, n_gt, hv, hid, hver, hs, best, bbox, j):
+    """At the end of level j: re-score the roots touched there, push those above IoU 0, drop stale tops
+    (merged away or re-pushed since); best[j] / bbox[j] get the top. Returns the heap size."""
+    box = np.empty(4, np.int64)
+    for d in range(nd):
+        r = dirty[d]
+        if parent[r] == r:
+            _box_of(r, bx0, by0, bx1, by1, grow, W, H, box)
+            v = best_iou(box[0], box[1], box[2], box[3], gt, n_gt)
+            ver[r] += 1
+            if v > 0:
+                hs = _push(hv, hid, hver, hs, v, r, ver[r])
+    while hs > 0 and not (parent[hid[0]] == hid[0] and hver[0] == ver[hid[0]]):
+        hs = _pop(hv, hid, hver, hs)
+    if hs > 0:
+        best[j] = hv[0]
+        _box_of(hid[0], bx0, by0, bx1, by1, grow, W, H, bbox[j])
+    return hs
 
 
 @njit(cache=True, inline="always")
@@ -218,14 +241,14 @@ def scan_union_find(u8, levels, gt, n_gt, iou, box, count):
                 comps += 1
                 root = p
             else:
-                root = _find(parent, p + off[ARCS[m, 0]])
+                root = find_root(parent, p + off[ARCS[m, 0]])
                 parent[p] = root
                 bx0[root] = min(bx0[root], xx)
                 by0[root] = min(by0[root], yy)
                 bx1[root] = max(bx1[root], xx)
                 by1[root] = max(by1[root], yy)
                 for a in range(1, na):
-                    rq = _find(parent, p + off[ARCS[m, a]])
+                    rq = find_root(parent, p + off[ARCS[m, a]])
                     if rq != root:
                         parent[rq] = root
                         _merge(bx0, by0, bx1, by1, root, rq)
@@ -236,25 +259,11 @@ def scan_union_find(u8, levels, gt, n_gt, iou, box, count):
                 nd += 1
         ncomp[j] = comps
         nhole[j] = comps - e4 // 4
-        for d in range(nd):
-            r = dirty[d]
-            if parent[r] == r:
-                v = best_iou(bx0[r], by0[r], min(bx1[r] + 1, W - 1), min(by1[r] + 1, H - 1), gt, n_gt)
-                ver[r] += 1
-                if v > 0:
-                    hs = _push(hv, hid, hver, hs, v, r, ver[r])
-        while hs > 0 and not (parent[hid[0]] == hid[0] and hver[0] == ver[hid[0]]):
-            hs = _pop(hv, hid, hver, hs)
-        if hs > 0:
-            r = hid[0]
-            best[0, j] = hv[0]
-            bbox[0, j, 0], bbox[0, j, 1] = bx0[r], by0[r]
-            bbox[0, j, 2], bbox[0, j, 3] = min(bx1[r] + 1, W - 1), min(by1[r] + 1, H - 1)
-        elif comps > 0:  # every component scores 0: report one of them (any, as on IoU ties)
+        hs = _level_best(dirty, nd, parent, ver, bx0, by0, bx1, by1, 0, W, H, gt, n_gt, hv, hid, hver, hs, best[0],
+                         bbox[0], j)
+        if hs == 0 and comps > 0:  # every component scores 0: report one of them (any, as on IoU ties)
             if nd > 0:
-                r = _find(parent, dirty[nd - 1])
-                bbox[0, j, 0], bbox[0, j, 1] = bx0[r], by0[r]
-                bbox[0, j, 2], bbox[0, j, 3] = min(bx1[r] + 1, W - 1), min(by1[r] + 1, H - 1)
+                _box_of(find_root(parent, dirty[nd - 1]), bx0, by0, bx1, by1, 0, W, H, bbox[0, j])
             else:  # nothing joined at this level: the same foreground as the level above
                 bbox[0, j] = bbox[0, j + 1]
     jmax = -1
@@ -290,7 +299,7 @@ def scan_union_find(u8, levels, gt, n_gt, iou, box, count):
                     by1[p] = yy
                     root = p
                 else:
-                    root = _find(parent, p + off[GROUPS[m, 0]])
+                    root = find_root(parent, p + off[GROUPS[m, 0]])
                     parent[p] = root
                     if root != outside:
                         bx0[root] = min(bx0[root], xx)
@@ -298,7 +307,7 @@ def scan_union_find(u8, levels, gt, n_gt, iou, box, count):
                         bx1[root] = max(bx1[root], xx)
                         by1[root] = max(by1[root], yy)
                     for a in range(1, ng):
-                        rq = _find(parent, p + off[GROUPS[m, a]])
+                        rq = find_root(parent, p + off[GROUPS[m, a]])
                         if rq != root:
                             if root == outside:
                                 parent[rq] = outside
@@ -314,20 +323,8 @@ def scan_union_find(u8, levels, gt, n_gt, iou, box, count):
                     nd += 1
             if nhole[j] == 0:
                 continue
-            for d in range(nd):
-                r = dirty[d]
-                if parent[r] == r:
-                    v = best_iou(bx0[r] - 1, by0[r] - 1, min(bx1[r] + 2, W - 1), min(by1[r] + 2, H - 1), gt, n_gt)
-                    ver[r] += 1
-                    if v > 0:
-                        hs = _push(hv, hid, hver, hs, v, r, ver[r])
-            while hs > 0 and not (parent[hid[0]] == hid[0] and hver[0] == ver[hid[0]]):
-                hs = _pop(hv, hid, hver, hs)
-            if hs > 0:
-                r = hid[0]
-                best[1, j] = hv[0]
-                bbox[1, j, 0], bbox[1, j, 1] = bx0[r] - 1, by0[r] - 1
-                bbox[1, j, 2], bbox[1, j, 3] = min(bx1[r] + 2, W - 1), min(by1[r] + 2, H - 1)
+            hs = _level_best(dirty, nd, parent, ver, bx0, by0, bx1, by1, 1, W, H, gt, n_gt, hv, hid, hver, hs,
+                             best[1], bbox[1], j)
     empty = best_iou(0, 0, 0, 0, gt, n_gt)
     for k in range(levels.shape[0]):
         j = index[min(max(levels[k], -1), 255) + 1]
