@@ -185,6 +185,12 @@ def test_bad_arguments():
         max_box_acc(MAPS32, BOXES, NUM, thresholds=[0.5, 0.2])
     with pytest.raises(ValueError):
         max_box_acc(MAPS32, BOXES, NUM, iou_thresholds=(0,))
+    with pytest.raises(ValueError, match="percents"):  # a fraction where a percent is meant would score IoU 0.5 %
+        max_box_acc(MAPS32, BOXES, NUM, iou_thresholds=(0.5,))
+    with pytest.raises(ValueError, match="divide 0-255 maps by 255"):
+        max_box_acc((MAPS32 * 255).astype(np.uint8), BOXES, NUM)
+    with pytest.raises(ValueError, match="at most 32767 px"):
+        best_ious(np.zeros((1, 32768, 1), np.float32), np.zeros((1, 1, 4)))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         pxap(MAPS32 * 2, MASKS)
 

@@ -35,6 +35,9 @@ def check_iou_thresholds(iou_thresholds: Sequence[float]) -> tuple:
     ious = tuple(iou_thresholds)
     if not ious or any(not (0 < float(k) <= 100) for k in ious):
         raise ValueError(f"iou_thresholds must be non-empty percents in (0, 100], got {list(iou_thresholds)}")
+    if any(float(k) <= 1 for k in ious):  # a fraction given where a percent is meant would score silently
+        raise ValueError(f"iou_thresholds are percents (e.g. 30, 50, 70), got {list(iou_thresholds)}: "
+                         f"multiply fractions by 100")
     return ious
 
 

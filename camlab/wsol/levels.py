@@ -30,11 +30,13 @@ from camlab.wsol.rowscan import scan_rows
 from camlab.wsol.scoremaps import ScoreMaps, resolve_thresholds
 from camlab.wsol.unionfind import scan_union_find
 
-__all__ = ["EVENT_BUDGET", "LevelScan", "largest_contour", "scan_levels"]
+__all__ = ["EVENT_BUDGET", "MAX_SIDE", "LevelScan", "largest_contour", "scan_levels"]
 
 #: gap events per pixel above which an image goes to the union-find kernel (where the row kernel's cost,
 #: which grows with the events, passes the union-find's, which grows with the pixels)
 EVENT_BUDGET = 1.0
+#: the kernels pack a pixel's (y, x) into one int32
+MAX_SIDE = 32767
 
 
 @njit(cache=True, nogil=True)
@@ -115,6 +117,8 @@ def scan_levels(maps, boxes, num_boxes=None, thresholds=None, parallel: bool = F
     if kernel not in _KERNELS:
         raise ValueError(f"kernel must be one of {sorted(_KERNELS)}, got {kernel!r}")
     B = len(maps)
+    if max(maps.shape[1:]) > MAX_SIDE:
+        raise ValueError(f"score maps of at most {MAX_SIDE} px a side are supported, got {maps.shape[1:]}")
     gt, n_gt = inclusive_gt(boxes, num_boxes, B)
     levels = maps.levels(thresholds)
     T = levels.shape[1]

@@ -25,7 +25,8 @@ from camlab.cam import minmax_normalize
 __all__ = ["RANGE_ERROR", "ScoreMaps", "check_scoremaps", "cut_levels", "resolve_thresholds", "scoremap_to_uint8",
            "threshold_grid"]
 
-RANGE_ERROR = "score maps must be in [0, 1] without NaN (min-max normalize them, e.g. camlab.cam.minmax_normalize)"
+RANGE_ERROR = ("score maps must be in [0, 1] without NaN (min-max normalize them, e.g. camlab.cam.minmax_normalize; "
+               "divide 0-255 maps by 255)")
 
 
 def threshold_grid(interval: float = 0.01) -> np.ndarray:
@@ -181,7 +182,7 @@ def check_scoremaps(maps) -> None:
         >>> check_scoremaps(np.array([[0.0, 1.5]]))
         Traceback (most recent call last):
         ...
-        ValueError: score maps must be in [0, 1] without NaN (min-max normalize them, e.g. camlab.cam.minmax_normalize)
+        ValueError: score maps must be in [0, 1] without NaN (min-max normalize them, e.g. camlab.cam.minmax_normalize; divide 0-255 maps by 255)
     """
     flat = np.ascontiguousarray(maps).reshape(-1)
     if flat.dtype not in (np.float32, np.float64):
