@@ -218,8 +218,10 @@ def test_state_is_per_sample_rows():
     m = WSOLMetrics(masks=True, topk=(1, 5))
     m.update(**data)
     assert torch.cat(m.ious).shape == (5, 100) and torch.cat(m.ious).dtype == torch.float64
-    assert torch.cat(m.largest).shape == (5, 100) and torch.cat(m.boxes).shape == (5, 100, 4)
-    assert torch.cat(m.loc_iou).shape == (5,) and torch.cat(m.loc_box).shape == (5, 4)
+    assert torch.cat(m.largest).shape == (5, 100) and torch.cat(m.boxes).shape == (5, 100)  # one int64 per box
+    assert torch.cat(m.boxes).dtype == torch.int64 and torch.cat(m.loc_box).dtype == torch.int64
+    assert torch.cat(m.loc_iou).shape == (5,) and torch.cat(m.loc_box).shape == (5,)
+    assert m.report().rows["boxes"].shape == (5, 100, 4) and m.report().rows["loc_box"].shape == (5, 4)
     assert torch.cat(m.hist).shape == (5, 2, 102) and torch.cat(m.cls_hit).shape == (5, 2)
     for name in ("index", "label", "pred", "score", "has_mask"):
         assert torch.cat(getattr(m, name)).shape == (5,), name

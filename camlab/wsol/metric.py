@@ -23,6 +23,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 from camlab.wsol.functional import (as_numpy, box_accuracy, check_iou_thresholds, localization_accuracy,
                                     pxap_from_rows, softmax_prediction, topk_hits)
+from camlab.wsol.boxes import pack_boxes, unpack_boxes
 from camlab.wsol.levels import largest_contour, scan_levels
 from camlab.wsol.pxap import pxap_histograms
 from camlab.wsol.scoremaps import ScoreMaps, resolve_thresholds
@@ -164,7 +165,7 @@ class WSOLMetrics(Metric):
             # the fixed localization threshold rides along with the grid: column T
             thresholds = np.append(self.thresholds, self.loc_cam_threshold) if self.loc else self.thresholds
             scan = scan_levels(maps, boxes, num_boxes, thresholds, parallel=self.parallel)
-            row["ious"], row["boxes"] = scan.iou[:, 0, :T], scan.box[:, 0, :T]  # int32: gloo gathers no int16
+            row["ious"], row["boxes"] = scan.iou[:, 0, :T], pack_boxes(scan.box[:, 0, :T])
             loc_largest = self.loc and not self.loc_multi_contour
             if self.max_box_acc or loc_largest:  # one OpenCV pass over the distinct levels of both
                 cols = np.arange(T + loc_largest) if self.max_box_acc else np.array([T])
@@ -172,9 +173,9 @@ class WSOLMetrics(Metric):
                 if self.max_box_acc:
                     row["largest"] = iou[:, :T]
                 if loc_largest:
-                    row["loc_iou"], row["loc_box"] = iou[:, -1], box[:, -1]
+                    row["loc_iou"], row["loc_box"] = iou[:, -1], pack_boxes(box[:, -1])
             if self.loc and self.loc_multi_contour:
-                row["loc_iou"], row["loc_box"] = scan.iou[:, 0, T], scan.box[:, 0, T]
+                row["loc_iou"], row["loc_box"] = scan.iou[:, 0, T], pack_boxes(scan.box[:, 0, T])
         if self.masks:
             if masks is None:
                 row["hist"] = np.zeros((B, 2, self.thresholds.shape[0] + 2), np.int32)
@@ -201,6 +202,9 @@ class WSOLMetrics(Metric):
         rows = {}
         for name in self.state_names:
             rows[name] = dim_zero_cat(getattr(self, name)).cpu().numpy()[first]
+        for name in ("boxes", "loc_box"):
+            if name in rows:
+                rows[name] = unpack_boxes(rows[name])
         if self.loc:
             rows["loc_hit"] = rows["loc_iou"] >= self.loc_iou_threshold
         return rows
