@@ -109,8 +109,8 @@ def fast(cams, boxes, num, masks, grid, parallel=False, batch=64):
         sl = slice(s, min(s + batch, cams.shape[0]))  # views, as a callback gets its batch tensors
         wm.update(cams[sl], boxes=boxes[sl], num_boxes=num[sl], masks=masks[sl], index=torch.arange(sl.start, sl.stop))
     report = wm.report()
-    out = {k: torch.tensor(v) for k, v in report.scalars.items()}
-    out.update({k.replace("/IoU", "/curve/IoU"): torch.tensor(v) for k, v in report.curves.items()
+    out = {k: torch.tensor(v, dtype=torch.float64) for k, v in report.scalars.items()}
+    out.update({k.replace("/IoU", "/curve/IoU"): torch.tensor(v, dtype=torch.float64) for k, v in report.curves.items()
                 if k.startswith("MaxBoxAccV2/")})
     state_bytes = sum(t.numel() * t.element_size() for name in wm.state_names for t in getattr(wm, name))
     return out, state_bytes
