@@ -31,7 +31,8 @@ class CAMLocalization(L.Callback):
     builds the CAMs from those features and the linear head (no second pass, no hooks), upsamples them
     bilinearly to the input size, min-max normalizes them and updates the metrics in
     :class:`camlab.wsol.WSOLMetrics`. Metrics are logged as ``<stage>/loc/<name>`` (e.g.
-    ``val/loc/MaxBoxAccV2``, ``val/loc/PxAP``, ``val/loc/top1_loc``), in percent like the WSOL benchmark.
+    ``val/loc/MaxBoxAccV2``, ``val/loc/PxAP``, ``val/loc/top1_loc``), in percent like the WSOL benchmark; with
+    ``pointing`` (the default) the map-only metrics of :mod:`camlab.wsol.pointing` as ``<stage>/faith/<name>``.
 
     Each epoch, rank 0 renders a fixed sample of images (the first ``num_overlays`` its validation loader
     yields; the loader does not shuffle, so the sample is the same every epoch) as a grid image under
@@ -76,6 +77,9 @@ class CAMLocalization(L.Callback):
         write_curves: bool = True,
         max_box_acc: tuple[str, ...] | list[str] | bool = ("test",),
         topk: tuple[int, ...] | list[int] = (1, 5),
+        pointing: bool = True,
+        pointing_tolerance: float = 15.0,
+        topk_pixels: int = 1000,
         cam_method: str = "cam",
         background: bool = True,
         overlay_format: str = "jpg",
@@ -103,6 +107,10 @@ class CAMLocalization(L.Callback):
             raise ValueError(f"max_box_acc lists stages among 'val', 'test'; got {sorted(unknown)}")
         self.max_box_acc = tuple(max_box_acc)
         self.topk = tuple(int(k) for k in topk)
+        self.pointing, self.pointing_tolerance, self.topk_pixels = bool(pointing), float(pointing_tolerance), int(topk_pixels)
+        if not (self.pointing_tolerance >= 0 and self.topk_pixels >= 1):
+            raise ValueError(f"pointing_tolerance must be >= 0 px and topk_pixels >= 1, got {pointing_tolerance}, "
+                             f"{topk_pixels}")
         self.cam_method = check_method(cam_method)
         self.background = bool(background)
         fmt = str(overlay_format).lower().removeprefix(".")
@@ -133,6 +141,9 @@ class CAMLocalization(L.Callback):
             topk=self.topk,
             loc_cam_threshold=self.cam_threshold,
             loc_iou_threshold=self.iou_threshold,
+            pointing=self.pointing,
+            pointing_tolerance=self.pointing_tolerance,
+            topk_pixels=self.topk_pixels,
             parallel=self._parallel,
         )
 
@@ -265,7 +276,8 @@ class CAMLocalization(L.Callback):
         report = metrics.report()  # every rank reports (one collective sync inside)
         values = {k: float(v) for k, v in report.scalars.items() if "/best_index/" not in k}
         self.last_results[stage], self.last_reports[stage] = values, report
-        pl_module.log_dict({f"{stage}/loc/{k}": v for k, v in values.items()}, sync_dist=False)
+        pl_module.log_dict({(f"{stage}/{k}" if k.startswith("faith/") else f"{stage}/loc/{k}"): v
+                            for k, v in values.items()}, sync_dist=False)
         curves = report.curves
         metrics.reset()
         if trainer.is_global_zero:

@@ -8,6 +8,8 @@ the CSV and the logged metrics are one computation:
 - ``mean(hit{k}) * 100``         = ``MaxBoxAccV2/IoU{k}`` (``threshold{k}`` = its best threshold on this split)
 - ``mean(gt_known_hit) * 100``   = ``gt_known_loc``; ``mean(top1_loc) * 100`` = ``top1_loc``
 - ``mean(correct) * 100``        = ``top1_cls``
+- ``mean(pointing_game) * 100``  = ``faith/pointing_game``, and so on for the other map-only metrics
+  (:mod:`camlab.wsol.pointing`; empty cells where an image has no mask)
 
 Boxes are ``x0 y0 x1 y1`` inclusive integer pixels of the network input (wsoleval's convention, see
 :mod:`camlab.wsol.boxes`); ``box{k}`` is a box of the map at ``threshold{k}`` with the best IoU (one of them on
@@ -33,7 +35,7 @@ from camlab.cam import upsample
 from camlab.cam_methods import compute_cams
 from camlab.callbacks import CAMLocalization
 from camlab.viz import OverlaySample, denormalize, render_panel
-from camlab.wsol import ScoreMaps, loc_ious
+from camlab.wsol import POINTING_NAMES, ScoreMaps, loc_ious
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +138,8 @@ class PerImageWriter(L.Callback):
                   "gt_known_hit", "top1_loc", "gt_known_x0", "gt_known_y0", "gt_known_x1", "gt_known_y1"]
         for k in ks:
             header += [f"threshold{k}", f"iou{k}", f"hit{k}", f"box{k}_x0", f"box{k}_y0", f"box{k}_x1", f"box{k}_y1"]
+        faith = [name for name in POINTING_NAMES if rows and name in rows[0]]
+        header += faith
 
         def name(c: int) -> Any:
             return names[c] if names and 0 <= c < len(names) else c
@@ -152,6 +156,7 @@ class PerImageWriter(L.Callback):
                     line += [""] * 7
                 for k in ks:
                     line += [f"{r[f'threshold{k}']:.6g}", f"{r[f'iou{k}']:.6f}", int(r[f"hit{k}"]), *r[f"box{k}"]]
+                line += ["" if r[name] != r[name] else f"{r[name]:.6g}" for name in faith]  # NaN (no mask): empty
                 w.writerow(line)
         self.written = {"csv": csv_path}
         if self.save_cams and cams:

@@ -26,7 +26,7 @@ def evaluate(indices: list[int], distinct_index: bool = False) -> dict:
 
     ``distinct_index`` labels each update position with its own index, so repeated samples count twice."""
     data = make_dataset(n=N, seed=5, fit=True)
-    metrics = WSOLMetrics(cam_thresholds=0.02, masks=True, topk=(1, 5))
+    metrics = WSOLMetrics(cam_thresholds=0.02, masks=True, topk=(1, 5), pointing=True)
     for s in range(0, len(indices), 4):
         idx = torch.tensor(indices[s : s + 4])
         batch = {k: v[idx] for k, v in data.items()}

@@ -56,10 +56,10 @@ def test_callback_background_worker_equals_main_thread(tmp_path):
         assert (d / f"overlay_epoch000.{fmt}").read_bytes() == (d / f"overlay_latest.{fmt}").read_bytes()
         assert (d / "curves_val_epoch000.csv").is_file() and Image.open(d / "curves_val.png").size == (720, 280)
         out[bg, n_overlays] = cb.last_results["val"], grid
-    assert {"MaxBoxAccV2", "PxAP", "top1_loc"} <= set(out[True, 3][0])
+    assert {"MaxBoxAccV2", "PxAP", "top1_loc", "faith/pointing_game", "faith/relevance_rank"} <= set(out[True, 3][0])
     assert out[True, 3][0] == out[False, 3][0] == out[True, 50][0] == out[True, 4][0]  # exactly equal floats
     # the same numbers straight from the model: CAM of the GT class, upsampled, min-max normalized
-    plain = WSOLMetrics(0.01, masks=True, topk=(1,), max_box_acc=False)
+    plain = WSOLMetrics(0.01, masks=True, topk=(1,), max_box_acc=False, pointing=True)
     model.eval()
     with torch.no_grad():
         for b in dm.val_dataloader():

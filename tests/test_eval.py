@@ -75,6 +75,10 @@ def test_per_image_csv_agrees_with_the_json_aggregate(evaluated):
                                                                                    abs=1e-4)
     assert sum(correct) / n == pytest.approx(metrics["val/acc"], abs=1e-6)
     assert all(int(r["gt_known_hit"]) == (float(r["gt_known_iou"]) >= 0.5) for r in rows)
+    # the map-only metrics: logged as val/faith/<name>, one column each (the synthetic data has masks)
+    for name in ("pointing_game", "energy_pointing_game", "relevance_mass", "relevance_rank", "topk_intersection"):
+        mean = sum(float(r[name]) for r in rows) * 100.0 / n
+        assert mean == pytest.approx(metrics[f"val/faith/{name}"], abs=1e-4), name
 
 
 def test_per_image_iou_is_the_inclusive_box_iou_with_the_ground_truth(evaluated):

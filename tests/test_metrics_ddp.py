@@ -45,7 +45,7 @@ def test_two_process_metrics_equal_single_process(tmp_path):
     assert a["curves"] == b["curves"]
     # the per-image rows of both ranks, gathered, de-duplicated and sorted by index: those of one process
     assert b["rows"]["index"].tolist() == list(range(N))
-    assert a["rows"].keys() == b["rows"].keys() and {"ious", "boxes", "largest", "loc_iou", "hist"} <= a["rows"].keys()
+    assert a["rows"].keys() == b["rows"].keys() and {"ious", "boxes", "largest", "loc_iou", "hist", "faith"} <= a["rows"].keys()
     for key, value in a["rows"].items():
         assert value.dtype == b["rows"][key].dtype and torch.equal(value, b["rows"][key]), key
     assert a["rows"]["ious"].shape == (N, 50)

@@ -25,6 +25,7 @@ from camlab.wsol.functional import (as_numpy, box_accuracy, check_iou_thresholds
                                     pxap_from_rows, softmax_prediction, topk_hits)
 from camlab.wsol.boxes import pack_boxes, unpack_boxes
 from camlab.wsol.levels import largest_contour, scan_levels
+from camlab.wsol.pointing import POINTING_NAMES, pointing_from_rows, pointing_rows
 from camlab.wsol.pxap import pxap_histograms
 from camlab.wsol.scoremaps import ScoreMaps, resolve_thresholds
 
@@ -60,6 +61,8 @@ class WSOLReport:
                 hit = bool(r["loc_hit"][i])
                 row.update({"gt_known_iou": float(r["loc_iou"][i]), "gt_known_hit": hit, "top1_loc": correct and hit,
                             "gt_known_box": r["loc_box"][i].tolist()})
+            if "faith" in r:
+                row.update({name: float(r["faith"][i, c]) for c, name in enumerate(POINTING_NAMES)})
             for k, j in best.items():
                 iou = float(r["ious"][i, j])
                 row.update({f"threshold{k:g}": float(self.thresholds[j]), f"iou{k:g}": iou,
@@ -80,6 +83,9 @@ class WSOLMetrics(Metric):
         loc_cam_threshold, loc_iou_threshold, loc_multi_contour: the fixed-threshold protocol of GT-known loc.
         gt_known: GT-known loc (the largest contour at ``loc_cam_threshold`` by default: OpenCV where that level has
             several components); always on with ``topk``. False with ``topk=()`` skips it.
+        pointing: also the map-only localisation-evaluation metrics of :mod:`camlab.wsol.pointing` (pointing game
+            with ``pointing_tolerance`` px, energy-based pointing game; with masks relevance mass / rank accuracy and
+            the top-``topk_pixels`` intersection), keyed ``faith/<name>``.
         box_metrics: False for a PxAP-only metric (``update`` then needs no boxes).
         parallel: the kernels over the images of a batch on numba threads (identical results).
 
@@ -105,7 +111,8 @@ class WSOLMetrics(Metric):
     def __init__(self, cam_thresholds=None, iou_thresholds: Sequence[float] = (30, 50, 70), max_box_acc: bool = True,
                  masks: bool = False, topk: Sequence[int] = (1, 5), loc_cam_threshold: float = 0.2,
                  loc_iou_threshold: float = 0.5, loc_multi_contour: bool = False, box_metrics: bool = True,
-                 gt_known: bool = True, parallel: bool = False, **kwargs) -> None:
+                 gt_known: bool = True, pointing: bool = False, pointing_tolerance: float = 15.0,
+                 topk_pixels: int = 1000, parallel: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.thresholds = resolve_thresholds(cam_thresholds)
         self.iou_thresholds = check_iou_thresholds(iou_thresholds)
@@ -120,10 +127,16 @@ class WSOLMetrics(Metric):
         self.loc_multi_contour, self.box_metrics = bool(loc_multi_contour), bool(box_metrics)
         self.max_box_acc, self.masks, self.parallel = bool(max_box_acc) and self.box_metrics, bool(masks), bool(parallel)
         self.loc = self.box_metrics and (bool(gt_known) or bool(self.topk))  # the fixed-threshold protocol
+        self.pointing = self.box_metrics and bool(pointing)
+        if self.pointing and not (float(pointing_tolerance) >= 0 and int(topk_pixels) >= 1):
+            raise ValueError(f"pointing_tolerance must be >= 0 px and topk_pixels >= 1, got {pointing_tolerance}, "
+                             f"{topk_pixels}")
+        self.pointing_tolerance, self.topk_pixels = float(pointing_tolerance), int(topk_pixels)
         states = ["index", "label", "pred", "score", "cls_hit"]
         if self.box_metrics:
             states += ["ious", "boxes"] + (["loc_iou", "loc_box"] if self.loc else [])
             states += ["largest"] if self.max_box_acc else []
+            states += ["faith"] if self.pointing else []
         if self.masks:
             states += ["hist", "has_mask"]
         self.state_names = tuple(states)
@@ -176,6 +189,8 @@ class WSOLMetrics(Metric):
                     row["loc_iou"], row["loc_box"] = iou[:, -1], pack_boxes(box[:, -1])
             if self.loc and self.loc_multi_contour:
                 row["loc_iou"], row["loc_box"] = scan.iou[:, 0, T], pack_boxes(scan.box[:, 0, T])
+        if self.pointing:
+            row["faith"] = pointing_rows(maps, boxes, num_boxes, masks, self.pointing_tolerance, self.topk_pixels)
         if self.masks:
             if masks is None:
                 row["hist"] = np.zeros((B, 2, self.thresholds.shape[0] + 2), np.int32)
@@ -222,6 +237,8 @@ class WSOLMetrics(Metric):
         if self.loc:
             with_cls = self.topk if (rows["pred"] >= 0).all() and (rows["label"] >= 0).all() else ()
             out.update(localization_accuracy(rows["loc_iou"], rows["cls_hit"], with_cls, self.loc_iou_threshold))
+        if self.pointing:
+            out.update(pointing_from_rows(rows["faith"]))
         if self.masks and rows["has_mask"].any():
             out.update(pxap_from_rows(rows["hist"][rows["has_mask"].astype(bool)], self.thresholds))
         for key in list(out):
