@@ -46,7 +46,7 @@ def test_callback_background_worker_equals_main_thread(tmp_path):
     for bg, n_overlays, fmt, par in runs:
         d = tmp_path / f"{bg}_{n_overlays}"
         cb = CAMLocalization(num_overlays=n_overlays, output_dir=str(d), background=bg, topk=(1,), overlay_format=fmt,
-                             parallel=par)
+                             parallel=par, pointing=True)
         _validate(model, dm, cb)
         assert cb._parallel is (par is True)  # "auto" stays serial when the model runs on the CPU
         assert cb._metrics["val"].parallel is cb._parallel

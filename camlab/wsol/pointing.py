@@ -12,7 +12,8 @@ or the GT mask (1 object, 0 background, other values ignored):
 * **relevance mass accuracy** (Arras et al. 2022): the same share inside the GT mask, ignore pixels left out
   of both sums;
 * **relevance rank accuracy** (Arras et al. 2022): with K the number of mask pixels, the share of the map's
-  K highest pixels that lie in the mask (ignore pixels left out; ties broken by raster order, as a stable sort);
+  K highest pixels that lie in the mask (ignore pixels left out; ties broken by raster order, as a stable sort;
+  the K-th highest value is found in O(N) by value buckets, not by sorting);
 * **top-k intersection** (Theiner et al. 2021): the share of the map's k highest pixels in the mask (k clipped
   to the pixels that are not ignored; ties as above).
 
@@ -75,34 +76,82 @@ def _box_rows(maps, gt, n_gt, tolerance, out):
         out[i, 1] = mass / total if total > 0.0 else 0.0
 
 
-def _top_in(s: np.ndarray, obj: np.ndarray, k: int) -> int:
-    """How many of the k highest values of s (ties broken by position, as a stable descending sort) have obj set;
-    O(n) by a partition instead of a sort."""
-    n = s.shape[0]
+_BUCKETS = 4096  # value buckets of the selection: int(v * 4096) is non-decreasing in v, so buckets keep the order
+
+
+@njit(cache=True, inline="always")
+def _top_in(vals, objs, n, k, hist, members):
+    # How many of the k highest of vals[:n] (values in [0, 1]; ties broken by position, as a stable descending
+    # sort) have objs set. The k-th highest value is found in O(n): the bucket that holds it from the histogram
+    # ``hist`` of the values' buckets, then an exact sort of that bucket's few values only.
     if k >= n:
-        return int(obj.sum())
-    v = np.partition(s, n - k)[n - k]  # the k-th highest value
-    above = s > v
-    ties = np.flatnonzero(s == v)[: k - int(above.sum())]
-    return int(obj[above].sum() + obj[ties].sum())
+        c = 0
+        for p in range(n):
+            c += objs[p]
+        return c
+    b = _BUCKETS - 1
+    seen = 0
+    while seen + hist[b] < k:
+        seen += hist[b]
+        b -= 1
+    m = 0
+    for p in range(n):
+        if min(np.int64(vals[p] * _BUCKETS), _BUCKETS - 1) == b:
+            members[m] = vals[p]
+            m += 1
+    v = np.sort(members[:m])[m - (k - seen)]  # the k-th highest value
+    above = 0
+    c = 0
+    for p in range(n):
+        if vals[p] > v:
+            above += 1
+            c += objs[p]
+    ties = k - above
+    for p in range(n):
+        if ties == 0:
+            break
+        if vals[p] == v:
+            ties -= 1
+            c += objs[p]
+    return c
 
 
-def _mask_rows(maps: np.ndarray, masks: np.ndarray, topk: int, out: np.ndarray) -> None:
-    # out (B, 3): relevance mass, relevance rank, top-k intersection; NaN without an object pixel
+@njit(cache=True, nogil=True)
+def _mask_rows(maps, masks, topk, out):
+    # maps (B, N) float in [0, 1], masks (B, N) uint8; out (B, 3): relevance mass, relevance rank, top-k
+    # intersection; NaN without an object pixel. Ignore pixels (mask > 1) are left out of everything.
+    N = maps.shape[1]
+    vals = np.empty(N, np.float64)
+    objs = np.empty(N, np.int64)
+    members = np.empty(N, np.float64)
+    hist = np.empty(_BUCKETS, np.int64)
     for i in range(maps.shape[0]):
-        m = masks[i].reshape(-1)
-        keep = m <= 1
-        s = maps[i].reshape(-1)[keep].astype(np.float64)
-        obj = m[keep] == 1
-        K = int(obj.sum())
+        n = 0
+        K = 0
+        total = 0.0
+        mass = 0.0
+        hist[:] = 0
+        for p in range(N):
+            m = masks[i, p]
+            if m <= 1:
+                s = np.float64(maps[i, p])
+                vals[n] = s
+                objs[n] = m
+                hist[min(np.int64(s * _BUCKETS), _BUCKETS - 1)] += 1
+                n += 1
+                K += m
+                total += s
+                if m == 1:
+                    mass += s
         if K == 0:
-            out[i] = np.nan
+            out[i, 0] = np.nan
+            out[i, 1] = np.nan
+            out[i, 2] = np.nan
             continue
-        total = s.sum()
-        out[i, 0] = s[obj].sum() / total if total > 0 else 0.0
-        out[i, 1] = _top_in(s, obj, K) / K
-        k = min(int(topk), s.shape[0])
-        out[i, 2] = _top_in(s, obj, k) / k
+        out[i, 0] = mass / total if total > 0.0 else 0.0
+        out[i, 1] = _top_in(vals, objs, n, K, hist, members) / K
+        k = min(topk, n)
+        out[i, 2] = _top_in(vals, objs, n, k, hist, members) / k
 
 
 def pointing_rows(maps, boxes, num_boxes=None, masks=None, tolerance: float = 15.0, topk: int = 1000) -> np.ndarray:
@@ -137,7 +186,10 @@ def pointing_rows(maps, boxes, num_boxes=None, masks=None, tolerance: float = 15
         masks = masks.detach().cpu().numpy() if hasattr(masks, "detach") else np.asarray(masks)
         if masks.shape != maps.shape:
             raise ValueError(f"masks {masks.shape} must match the maps {maps.shape}")
-        _mask_rows(maps.maps, masks.astype(np.uint8, copy=False), int(topk), out[:, 2:])
+        mask_out = np.zeros((len(maps), 3))
+        _mask_rows(maps.maps.reshape(len(maps), -1), np.ascontiguousarray(masks, np.uint8).reshape(len(maps), -1),
+                   int(topk), mask_out)
+        out[:, 2:] = mask_out
     return out
 
 
