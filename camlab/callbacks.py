@@ -18,6 +18,7 @@ from camlab.cam import upsample
 from camlab.cam_methods import check_method, compute_cams
 from camlab.worker import UpdateWorker
 from camlab.wsol import ScoreMaps, WSOLMetrics, WSOLReport, boxes_at_threshold
+from camlab.wsol.boxes import prediction_to_xyxy
 from camlab.viz import (OverlaySample, denormalize, encode_jpeg, encode_png, plot_curves, render_grid,
                         wandb_image, write_curves_csv)
 
@@ -307,8 +308,8 @@ class CAMLocalization(L.Callback):
                     image=denormalize(images[i], mean, std),
                     cam=cams[i],
                     gt_boxes=gt[i],
-                    pred_box=[float(v) for v in boxes_at_threshold(
-                        maps.u8[i], self.cam_threshold, multi_contour=False)[0]],
+                    pred_box=prediction_to_xyxy(boxes_at_threshold(
+                        maps.u8[i], self.cam_threshold, multi_contour=False)[0]),
                     label=names[labels[i]] if names else str(labels[i]),
                     pred=names[pred[i]] if names else str(pred[i]),
                     score=float(score[i]),

@@ -36,6 +36,7 @@ from camlab.cam_methods import compute_cams
 from camlab.callbacks import CAMLocalization
 from camlab.viz import OverlaySample, denormalize, render_panel
 from camlab.wsol import POINTING_NAMES, ScoreMaps, loc_ious
+from camlab.wsol.boxes import prediction_to_xyxy
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,6 @@ class PerImageWriter(L.Callback):
             gt = batch["boxes"][i, : int(batch["num_boxes"][i])].tolist()
             sample = OverlaySample(
                 image=denormalize(images[i], mean, std), cam=maps.maps[i], gt_boxes=gt,
-                pred_box=[float(v) for v in box[i]], label=names[label] if names else str(label),
+                pred_box=prediction_to_xyxy(box[i]), label=names[label] if names else str(label),
                 pred=names[p] if names else str(p), score=float(score[i]), index=index)
             render_panel(sample).save(out / f"{index:06d}.png", compress_level=1)
