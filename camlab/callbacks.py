@@ -131,6 +131,9 @@ class CAMLocalization(L.Callback):
         #: the last epoch's full report per stage (scalars, curves, per-image rows), on every rank
         self.last_reports: dict[str, WSOLReport] = {}
         self._last_curves: dict[str, tuple[dict, int]] = {}  # per stage: the last epoch's curves, for the plot
+        #: maps made elsewhere, scored instead of the model's: an object with ``for_batch(index, (H, W))`` ->
+        #: (B, H, W) float maps (:class:`camlab.external.ExternalMaps`); None = the model's ``cam_method`` maps
+        self.map_source = None
 
     # ---- metric objects ------------------------------------------------------------------------------
     def _new_metrics(self, stage: str) -> WSOLMetrics:
@@ -225,6 +228,12 @@ class CAMLocalization(L.Callback):
         """(B, H, W) raw upsampled maps of the GT classes, and those of the predicted classes of the first
         ``take`` images with their softmax scores and classes (for the overlays)."""
         features, logits = features.float(), logits.float()
+        if self.map_source is not None:  # maps made elsewhere (camlab-eval maps=...): one map per image
+            maps = self.map_source.for_batch(part["index"], size).to(features.device)
+            if not take:
+                return maps, None, None, None
+            score, pred = logits[:take].softmax(dim=1).max(dim=1)
+            return maps, maps[:take], score, pred
         maps = upsample(self._raw_cams(pl_module, features, part["label"]), size)
         if not take:
             return maps, None, None, None
