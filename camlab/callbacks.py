@@ -16,11 +16,12 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from camlab.cam import upsample
 from camlab.cam_methods import check_method, compute_cams
+from camlab.faith import FaithfulnessMetrics
 from camlab.worker import UpdateWorker
 from camlab.wsol import ScoreMaps, WSOLMetrics, WSOLReport, boxes_at_threshold
 from camlab.wsol.boxes import prediction_to_xyxy
-from camlab.viz import (OverlaySample, denormalize, encode_jpeg, encode_png, plot_curves, render_grid,
-                        wandb_image, write_curves_csv)
+from camlab.viz import (OverlaySample, denormalize, encode_jpeg, encode_png, plot_curves, plot_faith_curves,
+                        render_grid, wandb_image, write_curves_csv)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,13 @@ class CAMLocalization(L.Callback):
     slowest metric), so by default it runs on the test split only; MaxBoxAccV2, PxAP and top-k loc run every
     validation epoch. ``last_reports[stage]`` keeps the last epoch's :class:`camlab.wsol.WSOLReport` (scalars,
     curves, per-image rows) for :class:`camlab.per_image.PerImageWriter`.
+
+    ``faithfulness`` (a mapping: ``stages``, by default ``[test]``, plus the arguments of
+    :class:`camlab.faith.FaithfulnessMetrics`) runs the model-based faithfulness metrics on those stages: Average
+    Drop / Increase in Confidence, insertion / deletion and ROAD of the same maps, with extra forward passes of the
+    model on its device (on the main thread, after the batch's maps), logged as ``<stage>/faith/<name>``, their
+    curves to ``output_dir/faith_<curve>_<stage>_epoch<NNN>.csv`` and ``faith_<stage>.png`` (teardown), their
+    per-image values to the report's columns (``per_image.csv``). ``None`` or ``stages: []``: off.
 
     ``cam_method`` picks how the maps are built from those features (:data:`camlab.cam_methods.METHODS`):
     ``"cam"`` (the linear head's CAM), ``"gradcam"``, ``"gradcam_pp"``, ``"xgradcam"``, ``"layercam"``; the
@@ -85,6 +93,7 @@ class CAMLocalization(L.Callback):
         background: bool = True,
         overlay_format: str = "jpg",
         parallel: bool | str = "auto",
+        faithfulness: dict | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= cam_threshold < 1.0:
@@ -121,6 +130,22 @@ class CAMLocalization(L.Callback):
         if parallel not in (True, False, "auto"):
             raise ValueError(f"parallel must be true, false or 'auto', got {parallel!r}")
         self.parallel = parallel
+        faith = dict(faithfulness or {})
+        stages = faith.pop("stages", ("test",) if faith else ())
+        self.faith_max_images = faith.pop("max_images", None)
+        if self.faith_max_images is not None and int(self.faith_max_images) < 1:
+            raise ValueError(f"faithfulness.max_images must be >= 1 or null (all), got {self.faith_max_images}")
+        unknown = set(stages) - {"val", "test"}
+        if unknown:
+            raise ValueError(f"faithfulness.stages lists stages among 'val', 'test'; got {sorted(unknown)}")
+        self.faith_stages = tuple(stages)
+        # sequences as lists (a Hydra ListConfig too), so the options pickle and print plainly
+        self.faith_options = {k: v if v is None or isinstance(v, (str, int, float)) else list(v) for k, v in faith.items()}
+        try:
+            FaithfulnessMetrics(**self.faith_options)  # bad options fail here, not mid-epoch
+        except TypeError as err:
+            raise ValueError(f"faithfulness: {err}".replace("__init__() ", "")) from None
+        self._faith: dict[str, FaithfulnessMetrics] = {}
         self._parallel, self._numba_threads = False, 1  # resolved in setup()
         self._worker = UpdateWorker(max_pending=2, name="camlab-cam-metrics")
         self._metrics: dict[str, Any] = {}
@@ -172,6 +197,7 @@ class CAMLocalization(L.Callback):
         if num_classes is not None:
             self.topk = tuple(k for k in self.topk if k <= num_classes)
         self._metrics = {s: self._new_metrics(s).to(pl_module.device) for s in ("val", "test")}
+        self._faith = {s: FaithfulnessMetrics(**self.faith_options).to(pl_module.device) for s in self.faith_stages}
 
     def _stage_metrics(self, stage: str, device: torch.device) -> Any:
         # Called on the worker thread when background=True: nothing else may touch the metric meanwhile
@@ -187,7 +213,10 @@ class CAMLocalization(L.Callback):
         # per-epoch CSV, and on a CPU run every core is busy with the training.
         last, self._last_curves = self._last_curves, {}
         for name, (curves, epoch) in last.items():
-            plot_curves(curves, self.output_dir / f"curves_{name}.png", title=f"{name} epoch {epoch}")
+            if name.startswith("faith_"):
+                plot_faith_curves(curves, self.output_dir / f"{name}.png", title=f"{name[6:]} epoch {epoch}")
+            else:
+                plot_curves(curves, self.output_dir / f"curves_{name}.png", title=f"{name} epoch {epoch}")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._worker.close(raise_errors=False)  # the run is failing already: stop the worker quietly
@@ -218,11 +247,26 @@ class CAMLocalization(L.Callback):
         # the training epochs (benchmarks/METRICS_NOTES.md).
         with torch.no_grad():
             maps = self._cam_maps(pl_module, outputs["features"], outputs["logits"], part, size, take)
+        if stage in self._faith:
+            self._faith_update(stage, trainer, pl_module, batch["image"], maps[0], part)
         work = BatchWork(stage, pl_module, outputs["logits"], part, take, *maps)
         if self.background:
             self._worker.submit(self._update, work)
         else:
             self._update(work)
+
+    def _faith_update(self, stage, trainer, pl_module, images, maps, part) -> None:
+        """The model-based faithfulness rows of the batch's images with dataset index < ``max_images``: extra
+        forward passes of the model, on its device, in the trainer's precision."""
+        index = part["index"]
+        if self.faith_max_images is not None:
+            keep = index < int(self.faith_max_images)  # by dataset index: the same images under DDP
+            if not bool(keep.any()):
+                return
+            images, maps, part = images[keep], maps[keep], {"label": part["label"][keep], "index": index[keep]}
+        context = getattr(trainer.precision_plugin, "forward_context", None)
+        with (context() if context else torch.no_grad()), torch.no_grad():
+            self._faith[stage].update(pl_module, images, maps, part["label"], part["index"])
 
     def _cam_maps(self, pl_module, features, logits, part, size, take) -> tuple:
         """(B, H, W) raw upsampled maps of the GT classes, and those of the predicted classes of the first
@@ -285,6 +329,14 @@ class CAMLocalization(L.Callback):
             return
         report = metrics.report()  # every rank reports (one collective sync inside)
         values = {k: float(v) for k, v in report.scalars.items() if "/best_index/" not in k}
+        faith_curves = {}
+        if stage in self._faith and self._faith[stage].update_called:
+            faith = self._faith[stage].report()  # every rank, like the report above
+            values.update({f"faith/{k}": v for k, v in faith.scalars.items()})
+            report.scalars.update({f"faith/{k}": v for k, v in faith.scalars.items()})
+            report.add_columns(faith.rows["index"], faith.columns())
+            faith_curves = faith.curves
+            self._faith[stage].reset()
         self.last_results[stage], self.last_reports[stage] = values, report
         pl_module.log_dict({(f"{stage}/{k}" if k.startswith("faith/") else f"{stage}/loc/{k}"): v
                             for k, v in values.items()}, sync_dist=False)
@@ -292,6 +344,8 @@ class CAMLocalization(L.Callback):
         metrics.reset()
         if trainer.is_global_zero:
             self._write_outputs(stage, trainer, curves)
+            if faith_curves:
+                self._write_faith_curves(stage, trainer, faith_curves)
         if stage == "val":
             self._overlays, self._overlays_taken, self._grid = [], 0, None
 
@@ -374,6 +428,25 @@ class CAMLocalization(L.Callback):
             grid = self._save_grid(epoch, samples)
         for writer in tensorboards:
             writer.add_image("val/cam_overlays", np.asarray(grid), step, dataformats="HWC")
+
+    def _write_faith_curves(self, stage: str, trainer: L.Trainer, tables: dict[str, dict]) -> None:
+        """The faithfulness curves (insertion / deletion, ROAD): one CSV per table and epoch, the plot at teardown,
+        W&B tables (main thread)."""
+        epoch = trainer.current_epoch
+        if self.output_dir is not None and self.write_curves:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            for name, table in tables.items():
+                write_curves_csv(table, self.output_dir / f"faith_{name}_{stage}_epoch{epoch:03d}.csv")
+            self._last_curves[f"faith_{stage}"] = (tables, epoch)
+        for logger in trainer.loggers if self.log_images else ():
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                for name, table in tables.items():
+                    cols = list(table)
+                    data = [list(r) for r in zip(*(table[c] for c in cols))]
+                    logger.experiment.log({f"{stage}/faith_curves/{name}": wandb.Table(columns=cols, data=data),
+                                           "trainer/global_step": trainer.global_step})
 
     def _log_images(self, trainer: L.Trainer, samples: list[OverlaySample], curves: dict[str, list[float]]) -> None:
         """The overlays (with their boxes) and the curve table to W&B, from the main thread: ``Run.log`` takes no

@@ -5,6 +5,10 @@ the composed groups, or from a torchvision state dict), runs ``trainer.test`` (`
 ``trainer.validate`` (``split=val``) with the CAMLocalization callback (the same metrics, de-duplicated under
 DDP, as training logs) and :class:`camlab.per_image.PerImageWriter`, then writes ``metrics.json`` in the run
 dir and prints where everything is.
+
+``maps=<folder | file.npz>`` scores score maps made elsewhere (:mod:`camlab.external`, docs/external_maps.md):
+with a model, the callback scores those maps instead of the model's (classification stays the model's); without
+one, :func:`evaluate_maps` scores them in a plain loop over the split (no trainer, no classification).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def build_model(cfg: DictConfig) -> tuple[Any, str | None, str]:
         return model, None, f"torchvision {tv.arch} from {tv.weights}"
     if not ckpt:
         raise ConfigError("ckpt_path is required: camlab-eval ckpt_path=<file.ckpt> (or torchvision.arch=... "
-                          "torchvision.weights=<file.pth>)")
+                          "torchvision.weights=<file.pth>, or maps=<folder|file.npz> to score saved maps)")
     if not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path '{ckpt}' is not a file")
     if cfg.get("model_from_checkpoint", True):
@@ -74,6 +78,99 @@ def _hw(size: Any) -> tuple[int, int]:
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
+def has_model(cfg: DictConfig) -> bool:
+    """Whether the config names a model (``ckpt_path`` or ``torchvision.arch``)."""
+    return bool(cfg.get("ckpt_path") or (cfg.get("torchvision") or {}).get("arch"))
+
+
+def open_maps(cfg: DictConfig, datamodule: Any, split: str) -> Any:
+    """The :class:`camlab.external.ExternalMaps` of ``cfg.maps`` for every image of ``split``."""
+    from camlab.external import ExternalMaps
+
+    return ExternalMaps.for_dataset(cfg.maps, datamodule.dataset(split), key=cfg.get("maps_key") or "auto",
+                                    resize=cfg.get("maps_resize") or "bicubic", split=split,
+                                    root=getattr(datamodule, "root", None))
+
+
+def write_summary(cfg: DictConfig, summary: dict[str, Any], written: dict[str, Path], note: str | None = None) -> None:
+    """``metrics.json`` in the run dir, and the closing lines on stdout (where everything is, the main numbers)."""
+    out, split, metrics = Path(cfg.paths.output_dir), summary["split"], summary["metrics"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = [f"run dir           {out}", f"metrics (JSON)    {out / 'metrics.json'}"]
+    for key, label in (("csv", "per-image rows"), ("npz", "CAMs (npz)"), ("png_dir", "CAM overlays")):
+        if key in written:
+            lines.append(f"{label:<17} {written[key]}")
+    if "maps" in summary:
+        lines.append(f"scored maps       {summary['maps']['source']} ({summary['maps']['num_maps']} maps, keys: "
+                     f"{summary['maps']['key']})")
+    keys = [f"{split}/acc", f"{split}/loc/gt_known_loc", f"{split}/loc/top1_loc", f"{split}/loc/MaxBoxAccV2",
+            f"{split}/loc/MaxBoxAcc", f"{split}/loc/PxAP"]
+    shown = [f"{k}={metrics[k]:.4g}" for k in keys if k in metrics]
+    if shown:
+        lines.append("metrics           " + "  ".join(shown))
+    if note:
+        lines.append(note)
+    print("\n".join(["", "camlab: evaluation finished", *("  " + line for line in lines)]), flush=True)
+
+
+def evaluate_maps(cfg: DictConfig) -> dict[str, Any]:
+    """``maps=...`` without a model: every box / mask / map-only metric of the maps, in a plain loop over the
+    split's loader, with the cam_localization callback's settings; ``metrics.json`` + ``per_image.csv`` as
+    :func:`evaluate` writes them (no classification, top-k loc or ``pred`` columns: there are no logits)."""
+    import lightning.pytorch as L
+    from hydra.utils import instantiate
+    from rich.progress import track
+
+    from camlab.callbacks import CAMLocalization
+    from camlab.per_image import write_per_image_csv
+    from camlab.wsol import ScoreMaps, WSOLMetrics
+
+    split = cfg.get("split", "test")
+    L.seed_everything(cfg.seed, workers=True)
+    configure_process(cfg)
+    node = (cfg.get("callbacks") or {}).get("cam_localization")
+    # the callback's settings (validated by it): the same thresholds as the model path
+    cam = instantiate(node, output_dir=None) if node is not None else CAMLocalization(max_box_acc=True, pointing=True)
+    if cfg.get("eval", {}).get("save_cams"):
+        log.warning("eval.save_cams is ignored with maps= and no checkpoint (the maps are already files)")
+    datamodule = instantiate(cfg.data, _convert_="partial")
+    datamodule.setup("test" if split == "test" else "validate")
+    external = open_maps(cfg, datamodule, split)
+    metrics = WSOLMetrics(cam_thresholds=cam.grid_interval, iou_thresholds=cam.iou_thresholds,
+                          max_box_acc=split in cam.max_box_acc, masks=True, topk=(), gt_known=True,
+                          loc_cam_threshold=cam.cam_threshold, loc_iou_threshold=cam.iou_threshold,
+                          pointing=cam.pointing, pointing_tolerance=cam.pointing_tolerance, topk_pixels=cam.topk_pixels)
+    loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
+    try:
+        for batch in track(loader, description=f"scoring maps ({split})", total=len(loader), transient=True):
+            maps = ScoreMaps.normalize(external.for_batch(batch["index"], tuple(batch["image"].shape[-2:])))
+            metrics.update(cams=maps, boxes=batch.get("boxes"), num_boxes=batch.get("num_boxes"),
+                           masks=batch.get("mask"), labels=batch["label"], index=batch["index"])
+    finally:
+        external.close()
+        datamodule.teardown("test")
+    report = metrics.report()
+    values = {(f"{split}/{k}" if k.startswith("faith/") else f"{split}/loc/{k}"): float(v)
+              for k, v in report.scalars.items() if "/best_index/" not in k}
+    summary = {
+        "split": split,
+        "source": external.describe(),
+        "num_images": len(datamodule.dataset(split)),
+        "world_size": 1,
+        "metrics": values,
+        "maps": external.report(),
+        "not_measured": "classification, top-1/top-5 loc (no checkpoint: no logits)",
+    }
+    written = {}
+    if report.rows:
+        written["csv"] = Path(cfg.paths.output_dir) / "per_image.csv"
+        write_per_image_csv(written["csv"], report, getattr(datamodule, "class_names", None))
+    write_summary(cfg, summary, written, note="no checkpoint: no classification or top-1/top-5 loc (pass ckpt_path "
+                                              "as well for those)")
+    return summary
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate and write ``metrics.json`` (+ ``per_image.csv``); returns the written summary."""
     import lightning.pytorch as L
@@ -82,6 +179,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     split = cfg.get("split", "test")
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if cfg.get("maps") and not has_model(cfg):
+        return evaluate_maps(cfg)
     model, trainer_ckpt, source = build_model(cfg)
     L.seed_everything(cfg.seed, workers=True)
     configure_process(cfg)  # as camlab-train: glibc malloc tuning (tune_malloc), CPU matmul precision
@@ -89,6 +188,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_data(model, datamodule, cfg.data.get("image_size"))
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
+    external = None
+    if cfg.get("maps"):
+        cam = next((c for c in callbacks if type(c).__name__ == "CAMLocalization"), None)
+        if cam is None:
+            raise ConfigError("maps=... with a model is scored by the cam_localization callback: keep it in "
+                              "callbacks (callbacks=[cam_localization, ...])")
+        external = cam.map_source = open_maps(cfg, datamodule, split)
+        source += f" + {external.describe()} (localization of these maps; classification of the model)"
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -104,7 +211,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                           f" and model/pool: pass the training run's backbone/model overrides ({first})") from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
-    out = Path(cfg.paths.output_dir)
     writer = next((c for c in callbacks if type(c).__name__ == "PerImageWriter"), None)
     summary = {
         "split": split,
@@ -113,20 +219,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "world_size": trainer.world_size,
         "metrics": metrics,
     }
+    if external is not None:
+        summary["maps"] = external.report()
+        external.close()
     if trainer.is_global_zero:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-        lines = [f"run dir           {out}", f"metrics (JSON)    {out / 'metrics.json'}"]
-        if writer is not None:
-            for key, label in (("csv", "per-image rows"), ("npz", "CAMs (npz)"), ("png_dir", "CAM overlays")):
-                if key in writer.written:
-                    lines.append(f"{label:<17} {writer.written[key]}")
-        keys = [f"{split}/acc", f"{split}/loc/gt_known_loc", f"{split}/loc/top1_loc", f"{split}/loc/MaxBoxAccV2",
-                f"{split}/loc/MaxBoxAcc", f"{split}/loc/PxAP"]
-        shown = [f"{k}={metrics[k]:.4g}" for k in keys if k in metrics]
-        if shown:
-            lines.append("metrics           " + "  ".join(shown))
-        print("\n".join(["", "camlab: evaluation finished", *("  " + line for line in lines)]), flush=True)
+        write_summary(cfg, summary, writer.written if writer is not None else {})
     return summary
 
 

@@ -16,7 +16,8 @@ Boxes are ``x0 y0 x1 y1`` inclusive integer pixels of the network input (wsoleva
 ties). With ``save_cams`` the maps are also written: ``cams.npz`` (``index``, ``label``, ``pred``, ``cam`` = the
 uint8 GT-class score maps the metrics threshold, ``cam_raw`` = the raw maps at feature resolution) and one
 overlay PNG per image under ``cam_pngs/<index>.png`` (the GT class's CAM, GT boxes in green, the GT-known box in
-red).
+red). With external maps (``camlab-eval ckpt_path=... maps=...``: the callback's ``map_source``) those are the maps
+written, ``cam_raw`` then at the input size. :func:`write_per_image_csv` writes the CSV for both camlab-eval paths.
 """
 
 from __future__ import annotations
@@ -35,10 +36,58 @@ from camlab.cam import upsample
 from camlab.cam_methods import compute_cams
 from camlab.callbacks import CAMLocalization
 from camlab.viz import OverlaySample, denormalize, render_panel
-from camlab.wsol import POINTING_NAMES, ScoreMaps, loc_ious
+from camlab.wsol import POINTING_NAMES, ScoreMaps, WSOLReport, loc_ious
 from camlab.wsol.boxes import prediction_to_xyxy
 
 log = logging.getLogger(__name__)
+
+
+def per_image_header(report: WSOLReport) -> list[str]:
+    """The columns of ``per_image.csv`` for ``report``: its IoU thresholds, the map-only metrics it measured and its
+    extra per-image ``columns`` (e.g. the model-based faithfulness metrics)."""
+    rows = report.rows
+    header = ["index", "label", "label_name", "pred", "pred_name", "score", "correct", "gt_known_iou",
+              "gt_known_hit", "top1_loc", "gt_known_x0", "gt_known_y0", "gt_known_x1", "gt_known_y1"]
+    for k in (f"{k:g}" for k in report.iou_thresholds):
+        header += [f"threshold{k}", f"iou{k}", f"hit{k}", f"box{k}_x0", f"box{k}_y0", f"box{k}_x1", f"box{k}_y1"]
+    return header + [name for name in POINTING_NAMES if "faith" in rows] + list(report.columns)
+
+
+def write_per_image_csv(path: str | Path, report: WSOLReport, class_names: Sequence[str] | None = None) -> int:
+    """Write ``report``'s per-image rows as ``per_image.csv`` (the columns of :func:`per_image_header`); returns
+    the number of rows. Used by :class:`PerImageWriter` and by ``camlab-eval maps=...`` without a checkpoint.
+
+    Cells that were not measured stay empty, never invented: ``pred``, ``pred_name``, ``score``, ``correct`` and
+    ``top1_loc`` when the maps came without a model (no logits); the GT-known columns when GT-known loc was off;
+    a map-only metric of an image without a mask.
+    """
+    rows = report.per_image()
+    header = per_image_header(report)
+    ks = [f"{k:g}" for k in report.iou_thresholds]
+    faith = [name for name in POINTING_NAMES if name in header] + list(report.columns)  # float cells
+
+    def name(c: int) -> Any:
+        return class_names[c] if class_names and 0 <= c < len(class_names) else c
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for r in rows:
+            line = [r["index"], r["label"], name(r["label"])]
+            predicted = r["pred"] >= 0  # -1: no logits (external maps without a checkpoint)
+            line += ([r["pred"], name(r["pred"]), f"{r['score']:.6g}", int(r["correct"])] if predicted else [""] * 4)
+            if "gt_known_iou" in r:
+                line += [f"{r['gt_known_iou']:.6f}", int(r["gt_known_hit"]), int(r["top1_loc"]) if predicted else "",
+                         *r["gt_known_box"]]
+            else:  # GT-known loc off (the callback's topk is empty): empty cells, never invented values
+                line += [""] * 7
+            for k in ks:
+                line += [f"{r[f'threshold{k}']:.6g}", f"{r[f'iou{k}']:.6f}", int(r[f"hit{k}"]), *r[f"box{k}"]]
+            line += ["" if r[m] != r[m] else f"{r[m]:.6g}" for m in faith]  # NaN (no mask, not measured): empty
+            w.writerow(line)
+    return len(rows)
 
 
 class PerImageWriter(L.Callback):
@@ -82,10 +131,15 @@ class PerImageWriter(L.Callback):
         source = self._source(trainer)
         features = outputs["features"].float()  # (B, K, h, w)
         labels = batch["label"]
+        size = tuple(batch["image"].shape[-2:])
         with torch.no_grad():
-            raw = (pl_module.cam(features, labels) if source.cam_method == "cam"
-                   else compute_cams(pl_module, features, labels, source.cam_method))  # (B, h, w)
-            maps = ScoreMaps.normalize(upsample(raw, tuple(batch["image"].shape[-2:])))  # as the metrics' maps
+            if source.map_source is not None:  # camlab-eval maps=...: the maps the callback scores, at the input size
+                raw = source.map_source.for_batch(batch["index"], size)  # (B, H, W)
+                maps = ScoreMaps.normalize(raw)
+            else:
+                raw = (pl_module.cam(features, labels) if source.cam_method == "cam"
+                       else compute_cams(pl_module, features, labels, source.cam_method))  # (B, h, w)
+                maps = ScoreMaps.normalize(upsample(raw, size))  # as the metrics' maps
         iou, box = loc_ious(maps, batch["boxes"], batch["num_boxes"], source.cam_threshold)  # the GT-known box
         score, pred = outputs["logits"].float().softmax(dim=1).max(dim=1)
         self._write_pngs(trainer, batch, maps, box, pred, score)
@@ -130,35 +184,9 @@ class PerImageWriter(L.Callback):
         report = self._source(trainer).last_reports.get(stage)
         if not trainer.is_global_zero or report is None or not report.rows:
             return
-        rows = report.per_image()
         names = getattr(trainer.datamodule, "class_names", None) if trainer.datamodule is not None else None
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         csv_path = self.output_dir / "per_image.csv"
-        ks = [f"{k:g}" for k in report.iou_thresholds]
-        header = ["index", "label", "label_name", "pred", "pred_name", "score", "correct", "gt_known_iou",
-                  "gt_known_hit", "top1_loc", "gt_known_x0", "gt_known_y0", "gt_known_x1", "gt_known_y1"]
-        for k in ks:
-            header += [f"threshold{k}", f"iou{k}", f"hit{k}", f"box{k}_x0", f"box{k}_y0", f"box{k}_x1", f"box{k}_y1"]
-        faith = [name for name in POINTING_NAMES if rows and name in rows[0]]
-        header += faith
-
-        def name(c: int) -> Any:
-            return names[c] if names and 0 <= c < len(names) else c
-
-        with open(csv_path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            for r in rows:
-                line = [r["index"], r["label"], name(r["label"]), r["pred"], name(r["pred"]), f"{r['score']:.6g}",
-                        int(r["correct"])]
-                if "gt_known_iou" in r:
-                    line += [f"{r['gt_known_iou']:.6f}", int(r["gt_known_hit"]), int(r["top1_loc"]), *r["gt_known_box"]]
-                else:  # GT-known loc off (the callback's topk is empty): empty cells, never invented values
-                    line += [""] * 7
-                for k in ks:
-                    line += [f"{r[f'threshold{k}']:.6g}", f"{r[f'iou{k}']:.6f}", int(r[f"hit{k}"]), *r[f"box{k}"]]
-                line += ["" if r[name] != r[name] else f"{r[name]:.6g}" for name in faith]  # NaN (no mask): empty
-                w.writerow(line)
+        n = write_per_image_csv(csv_path, report, names)
         self.written = {"csv": csv_path}
         if self.save_cams and cams:
             npz = self.output_dir / "cams.npz"
@@ -166,7 +194,7 @@ class PerImageWriter(L.Callback):
                                 label=np.array([c["label"] for c in cams]), pred=np.array([c["pred"] for c in cams]),
                                 cam=np.stack([c["cam"] for c in cams]), cam_raw=np.stack([c["cam_raw"] for c in cams]))
             self.written.update(npz=npz, png_dir=self.output_dir / "cam_pngs")
-        log.info("per-image rows: %d images -> %s", len(rows), csv_path)
+        log.info("per-image rows: %d images -> %s", n, csv_path)
 
     def _write_pngs(self, trainer, batch, maps: ScoreMaps, box: np.ndarray, pred: Tensor, score: Tensor) -> None:
         """One overlay PNG per image (every rank writes its own images; a padded repeat rewrites the same file)."""

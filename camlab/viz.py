@@ -300,3 +300,46 @@ def _style(ax, xlabel: str, ylabel: str, title: str, ylim: tuple[float, float]) 
     ax.set_title(title, fontsize=8.5, pad=3, y=1.0)  # a fixed y: no tight-bbox pass over the tick labels
     ax.tick_params(labelsize=7, length=3, pad=2)
     ax.grid(True, color="0.9", lw=0.6)
+
+
+def plot_faith_curves(tables: dict[str, dict[str, list[float]]], path: str | Path, title: str = "") -> Path:
+    """Plot the faithfulness curves of :class:`camlab.faith.FaithReport` (``insertion_deletion``: score against the
+    fraction of pixels inserted / deleted; ``road``: score against the percent of pixels imputed, most / least
+    relevant first) as a ``PLOT_SIZE`` PNG with two panels; a missing table leaves its panel blank but for a note.
+
+    >>> import tempfile
+    >>> p = plot_faith_curves({"road": {"percent": [10, 50], "road_morf": [40, 10], "road_lerf": [80, 70]}},
+    ...                       Path(tempfile.mkdtemp(), "f.png"))
+    >>> Image.open(p).size == PLOT_SIZE
+    True
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    dpi = 100
+    fig = Figure(figsize=(PLOT_SIZE[0] / dpi, PLOT_SIZE[1] / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    bottom, top = 0.165, 0.85 if title else 0.9
+    panels = (fig.add_axes((0.07, bottom, 0.38, top - bottom)), fig.add_axes((0.57, bottom, 0.38, top - bottom)))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    specs = (("insertion_deletion", "fraction", (("insertion", "insertion"), ("deletion", "deletion")),
+              "fraction of pixels", "insertion / deletion"),
+             ("road", "percent", (("road_morf", "MoRF"), ("road_lerf", "LeRF")), "pixels imputed (%)", "ROAD"))
+    for ax, (name, x_key, lines, xlabel, heading) in zip(panels, specs):
+        table = tables.get(name)
+        if not table:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, f"no {heading} curves", ha="center", va="center", fontsize=8, color="0.4",
+                    transform=ax.transAxes)
+            continue
+        x = [v / 100 for v in table[x_key]] if x_key == "percent" else table[x_key]
+        for (key, label), color in zip(lines, CURVE_COLORS):
+            ax.plot(x, table[key], color=color, lw=1.6, marker="." if len(x) < 12 else None, label=label)
+        _style(ax, xlabel, "target score (%)", heading, (0.0, 100.0))
+        if x_key == "percent":
+            ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0", "25", "50", "75", "100"])
+        ax.legend(loc="best", fontsize=7, frameon=False)
+    path = Path(path)
+    fig.savefig(path, format="png", pil_kwargs={"compress_level": 1})
+    return path

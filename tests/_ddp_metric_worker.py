@@ -16,9 +16,25 @@ from torch.utils.data import DistributedSampler
 sys.path.insert(0, os.path.dirname(__file__))
 from _wsol_maps import make_dataset  # noqa: E402
 
+from camlab.faith import FaithfulnessMetrics  # noqa: E402
 from camlab.wsol import WSOLMetrics  # noqa: E402
 
 N = 41  # odd: DistributedSampler pads 2 ranks to 42 by repeating a sample
+
+
+class RowModel(torch.nn.Module):
+    """Logits from per-image elementwise sums: each image's value does not depend on its batch (bitwise)."""
+
+    def forward(self, x):
+        w = torch.linspace(-1, 1, x[0].numel(), dtype=x.dtype).reshape(x.shape[1:])
+        s = (x * w).sum(dim=(1, 2, 3))
+        return torch.stack([s, -s, 0.5 * s, -0.5 * s, 0.25 * s, 0 * s], dim=1)  # make_dataset's 6 classes
+
+
+def images_of(index: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """(B, 3, H, W) inputs, each seeded by its dataset index."""
+    return torch.stack([torch.randn(3, H, W, generator=torch.Generator().manual_seed(int(i)))
+                        for i in index.tolist()])
 
 
 def evaluate(indices: list[int], distinct_index: bool = False) -> dict:
@@ -27,14 +43,21 @@ def evaluate(indices: list[int], distinct_index: bool = False) -> dict:
     ``distinct_index`` labels each update position with its own index, so repeated samples count twice."""
     data = make_dataset(n=N, seed=5, fit=True)
     metrics = WSOLMetrics(cam_thresholds=0.02, masks=True, topk=(1, 5), pointing=True)
+    faith = FaithfulnessMetrics(steps=4, road_percents=(25, 75), chunk=5)
+    model = RowModel()
     for s in range(0, len(indices), 4):
         idx = torch.tensor(indices[s : s + 4])
         batch = {k: v[idx] for k, v in data.items()}
         if distinct_index:
             batch["index"] = torch.arange(s, s + len(idx))
         metrics.update(**batch)
+        cams = batch["cams"]
+        faith.update(model, images_of(idx, *cams.shape[-2:]), cams, batch["labels"], batch["index"])
     report = metrics.report()  # one gather of the rows of every rank
     results = metrics.compute()
+    faith_report = faith.report()
+    results.update({f"faith/{k}": torch.tensor(v, dtype=torch.float64) for k, v in faith_report.scalars.items()})
+    report.add_columns(faith_report.rows["index"], faith_report.columns())
     rows = {k: torch.from_numpy(v.copy()) for k, v in report.rows.items()}  # tensors: torch.load(weights_only)
     return {"results": results, "curves": report.curves, "rows": rows, "per_image": report.per_image(),
             "seen": len(indices)}

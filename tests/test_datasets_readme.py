@@ -1,4 +1,4 @@
-"""The COCO and CSV examples of the README's "Datasets on disk" section load as written."""
+"""The COCO and CSV examples of the Datasets page (docs/datasets.md) load as written."""
 from __future__ import annotations
 
 import json
@@ -10,12 +10,12 @@ from PIL import Image
 
 from camlab.data.custom import COCODataset, CSVDataset
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "datasets.md"
 KW = {"image_size": 32, "resize_size": 40}
 
 
 def example(lang: str) -> str:
-    text = README.read_text(encoding="utf-8")
+    text = PAGE.read_text(encoding="utf-8")
     section = text.split("## Datasets on disk", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(rf"```{lang}\n(.*?)```", section, flags=re.S)
     assert len(blocks) == 1, f"expected one ```{lang} block in the section"

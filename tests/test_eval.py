@@ -97,6 +97,47 @@ def test_per_image_iou_is_the_inclusive_box_iou_with_the_ground_truth(evaluated)
         assert int(r["label"]) == int(ds[int(r["index"])]["label"])
 
 
+def test_faithfulness_rows_are_the_functional_metrics_of_the_saved_maps(trained, evaluated):
+    """The eval's model-based faith/* columns equal camlab.faith's functions on the same model, images and maps (the
+    raw maps of cams.npz upsampled as the callback does): the callback wiring, DDP dedupe and the CSV columns."""
+    import torch
+
+    from camlab.cam import upsample
+    from camlab.faith import FaithfulnessMetrics, auc, average_drop_increase, insertion_deletion
+    from camlab.models.pretrained import load_checkpoint
+
+    out, _ = evaluated
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    rows = read_rows(out / "per_image.csv")
+    npz = np.load(out / "cams.npz")
+    cfg = composed("eval", [*EVAL, f"ckpt_path={trained['ckpt']}", "split=val"], out / "again")
+    from hydra.utils import instantiate
+
+    dm = instantiate(cfg.data, _convert_="partial")
+    dm.setup("validate")
+    model = load_checkpoint(trained["ckpt"]).eval()
+    images, labels, index = [], [], []
+    for batch in dm.val_dataloader():
+        images.append(batch["image"]), labels.append(batch["label"]), index.append(batch["index"])
+    images, labels, index = torch.cat(images), torch.cat(labels), torch.cat(index)
+    order = np.argsort(npz["index"])
+    assert npz["index"][order].tolist() == index.tolist() == list(range(25))
+    maps = upsample(torch.from_numpy(npz["cam_raw"][order]).float(), tuple(images.shape[-2:]))
+    opts = cfg.callbacks.cam_localization.faithfulness
+    with torch.no_grad():
+        drop, inc, _ = average_drop_increase(model, images, maps, labels)
+        ins, dele = insertion_deletion(model, images, maps, labels, steps=opts.steps)
+    col = {k: np.array([float(r[k]) for r in rows]) for k in ("average_drop", "insertion_auc", "deletion_auc",
+                                                               "road_morf", "increase_in_confidence")}
+    np.testing.assert_allclose(col["average_drop"], 100 * drop.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(col["increase_in_confidence"], 100 * inc.numpy())
+    np.testing.assert_allclose(col["insertion_auc"], 100 * auc(ins).numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(col["deletion_auc"], 100 * auc(dele).numpy(), rtol=1e-4, atol=1e-6)
+    for key in ("average_drop", "insertion_auc", "deletion_auc", "road_morf"):
+        assert metrics[f"val/faith/{key}"] == pytest.approx(col[key].mean(), rel=1e-5), key
+    assert FaithfulnessMetrics().groups == ("drop_increase", "insertion_deletion", "road")
+
+
 def test_save_cams_writes_npz_and_one_png_per_image(evaluated):
     out, _ = evaluated
     cams = np.load(out / "cams.npz")
@@ -174,6 +215,11 @@ def test_eval_sweep_over_cam_methods_then_compare(trained, tmp_path):
         assert float(rows[job]["val/loc/MaxBoxAccV2"]) == pytest.approx(metrics[job]["val/loc/MaxBoxAccV2"])
     ranked = [r["job"] for r in csv.DictReader((sweep / "comparison.csv").open())]
     assert ranked == sorted("01", key=lambda j: -metrics[j]["val/loc/MaxBoxAccV2"])
+    # ranked by a faithfulness metric where lower is better: ascending without --ascending
+    compare_main([str(sweep), "--sort", "val/faith/deletion_auc"])
+    ranked = [r["job"] for r in csv.DictReader((sweep / "comparison.csv").open())]
+    assert ranked == sorted("01", key=lambda j: metrics[j]["val/faith/deletion_auc"])
+    assert metrics["0"]["val/faith/deletion_auc"] != metrics["1"]["val/faith/deletion_auc"]
     (sweep / "1" / "metrics.json").unlink()  # an eval job that did not finish is reported, not dropped
     compare_main([str(sweep), "--sort", "val/loc/MaxBoxAccV2", "--running-window", "0"])
     rows = {r["job"]: r for r in csv.DictReader((sweep / "comparison.csv").open())}

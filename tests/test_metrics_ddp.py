@@ -42,6 +42,7 @@ def test_two_process_metrics_equal_single_process(tmp_path):
     assert {"MaxBoxAccV2", "MaxBoxAcc", "PxAP", "PIoU", "gt_known_loc", "top1_loc", "top5_cls"} <= a["results"].keys()
     for key, value in a["results"].items():
         assert torch.equal(value, b["results"][key]), (key, value, b["results"][key])
+    assert {"faith/average_drop", "faith/insertion_auc", "faith/deletion_auc", "faith/road"} <= a["results"].keys()
     assert a["curves"] == b["curves"]
     # the per-image rows of both ranks, gathered, de-duplicated and sorted by index: those of one process
     assert b["rows"]["index"].tolist() == list(range(N))
@@ -49,7 +50,7 @@ def test_two_process_metrics_equal_single_process(tmp_path):
     for key, value in a["rows"].items():
         assert value.dtype == b["rows"][key].dtype and torch.equal(value, b["rows"][key]), key
     assert a["rows"]["ious"].shape == (N, 50)
-    assert a["per_image"] == b["per_image"]
+    assert a["per_image"] == b["per_image"] and "road_morf" in a["per_image"][0]
     # the padding is real: counting the repeated sample twice changes the result, the de-duplication undoes it
     padded = list(range(N)) + [0]
     twice = evaluate(padded, distinct_index=True)["results"]

@@ -1,7 +1,10 @@
-"""Every `camlab-train` command in the README's code blocks, and every inline override in its text, composes.
+"""Every `camlab-train` command in the README's and the docs pages' code blocks, and every inline override in
+their text, composes; every `camlab-eval` command composes and every `camlab-predict` / `camlab-compare` command
+parses.
 
-A README override that Hydra refuses (a ``+`` on an existing key, a renamed key, a dropped option) is a broken
-instruction; the examples the README gives *as errors* must still fail.
+An override that Hydra refuses (a ``+`` on an existing key, a renamed key, a dropped option) is a broken
+instruction; the examples the pages give *as errors* must still fail. The pages checked are the README and every
+page under docs/ except docs/troubleshooting.md, whose commands are errors on purpose.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-# The README shows these as bad input and the one-line error each gives.
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README] + sorted(p for p in (ROOT / "docs").rglob("*.md") if p.name != "troubleshooting.md")
+# The pages show these as bad input and the one-line error each gives.
 BAD = {"backbone=nope", "backbone.name=nope", "trainer.max_epoch=3"}
 
 
@@ -61,10 +66,11 @@ def _inline_overrides(text: str) -> list[str]:
         spans += [_first_sweep_value(p) for p in parts]
     roots = {"backbone", "callbacks", "data", "model", "trainer", "threshold", "logger", "pool", "debug",
              "experiment", "cam_method", "hparams_search", "seed", "ckpt_path", "tune_malloc", "optimized_metric"}
+    spans = [s for s in spans if s.partition("=")[2] != "..."]  # `group=...`: the group named, no value given
     return sorted({s for s in spans if s.lstrip("+~").split("=")[0].split(".")[0] in roots})
 
 
-DATA = sorted(p.stem for p in (README.parent / "conf" / "data").glob("*.yaml"))
+DATA = sorted(p.stem for p in (ROOT / "conf" / "data").glob("*.yaml"))
 
 
 def _compose(overrides: list[str], config: str = "train") -> None:
@@ -76,26 +82,43 @@ def _compose(overrides: list[str], config: str = "train") -> None:
         GlobalHydra.instance().clear()
 
 
-TEXT = README.read_text(encoding="utf-8")
-COMMANDS = [c for c in _commands(TEXT) if not set(c) & BAD]
-INLINE = [s for s in _inline_overrides(TEXT) if s not in BAD]
+def _name(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
 
 
-def test_the_readme_has_commands_and_overrides_to_check():
-    assert len(COMMANDS) >= 40 and len(INLINE) >= 25, (len(COMMANDS), len(INLINE))
+def _per_page(find) -> list[tuple[str, object]]:
+    """(page, item) for each item ``find(text)`` gives on each page, each item once (its first page)."""
+    seen, out = set(), []
+    for page in PAGES:
+        for item in find(page.read_text(encoding="utf-8")):
+            key = repr(item)
+            if key not in seen:
+                seen.add(key)
+                out.append((_name(page), item))
+    return out
 
 
-@pytest.mark.parametrize("overrides", COMMANDS, ids=[" ".join(c) or "(default)" for c in COMMANDS])
-def test_readme_command_composes(overrides):
+COMMANDS = [(p, c) for p, c in _per_page(_commands) if not set(c) & BAD]
+INLINE = [(p, s) for p, s in _per_page(_inline_overrides) if s not in BAD]
+
+
+def test_the_pages_have_commands_and_overrides_to_check():
+    assert len(PAGES) >= 12, [_name(p) for p in PAGES]
+    readme = _commands(README.read_text(encoding="utf-8"))
+    assert len(readme) >= 15 and len(COMMANDS) >= 45 and len(INLINE) >= 25, (len(readme), len(COMMANDS), len(INLINE))
+
+
+@pytest.mark.parametrize("page, overrides", COMMANDS, ids=[f"{p}: {' '.join(c) or '(default)'}" for p, c in COMMANDS])
+def test_page_command_composes(page, overrides):
     _compose(overrides)
 
 
-EVAL = _commands(TEXT, "camlab-eval")
-PREDICT = [c for c in _commands(TEXT, "camlab-predict", sweep=False) if c]
-COMPARE = [c for c in _commands(TEXT, "camlab-compare", sweep=False) if c]
+EVAL = [c for _, c in _per_page(lambda t: _commands(t, "camlab-eval"))]
+PREDICT = [c for _, c in _per_page(lambda t: _commands(t, "camlab-predict", sweep=False)) if c]
+COMPARE = [c for _, c in _per_page(lambda t: _commands(t, "camlab-compare", sweep=False)) if c]
 
 
-def test_readme_eval_predict_compare_commands_parse():
+def test_page_eval_predict_compare_commands_parse():
     from camlab.compare import build_parser
     from camlab.predict import parse_args
 
@@ -108,12 +131,12 @@ def test_readme_eval_predict_compare_commands_parse():
         build_parser().parse_args(args)
 
 
-@pytest.mark.parametrize("override", INLINE)
-def test_readme_inline_override_composes(override):
+@pytest.mark.parametrize("page, override", INLINE, ids=[f"{p}: {s}" for p, s in INLINE])
+def test_page_inline_override_composes(page, override):
     if not override.startswith("data."):
         _compose([override])
         return
-    # a key of one dataset config (data.masks, data.val_from ...): the README names it in that dataset's section
+    # a key of one dataset config (data.masks, data.val_from ...): the page names it in that dataset's section
     for data in DATA:
         try:
             _compose([f"data={data}", override])
@@ -124,7 +147,7 @@ def test_readme_inline_override_composes(override):
 
 
 @pytest.mark.parametrize("override", sorted(BAD))
-def test_readme_bad_input_examples_still_fail(override):
+def test_bad_input_examples_still_fail(override):
     if override.startswith("backbone.name="):  # composes; the backbone registry refuses it at build time
         from camlab.models.backbones import create_backbone
 

@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sort", default=DEFAULT_SORT, help=f"metric to rank by (default {DEFAULT_SORT}); "
                         "its best value over epochs is shown and plotted against val/acc")
     parser.add_argument("--ascending", action="store_true",
-                        help="lower is better (e.g. --sort val/loss): best = min, sorted ascending")
+                        help="lower is better (e.g. --sort val/loss): best = min, sorted ascending; implied for the "
+                             "losses and the faithfulness metrics where lower is better (e.g. test/faith/deletion_auc)")
     parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
                         help="comma-separated final metrics for the printed/Markdown table (the CSV has all)")
     parser.add_argument("--out", type=Path, default=None,
@@ -43,7 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def lower_is_better(metric: str) -> bool:
+    """The metrics ranked ascending without ``--ascending``: losses and camlab.faith's lower-is-better ones."""
+    name = metric.rsplit("/", 1)[-1]
+    if name == "loss":
+        return True
+    if "/faith/" not in metric:
+        return False
+    from camlab.faith import HIGHER_IS_BETTER  # torch: only when a faithfulness metric ranks the jobs
+
+    return HIGHER_IS_BETTER.get(name) is False
+
+
 def run(args: argparse.Namespace) -> None:
+    args.ascending = args.ascending or lower_is_better(args.sort)
     jobs = collect(args.paths, args.sort, args.ascending, args.running_window)
     if not any(args.sort in j.series for j in jobs):
         known = sorted({k for j in jobs for k in j.series if k.startswith(("val/", "test/"))})

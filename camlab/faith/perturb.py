@@ -38,8 +38,11 @@ def _neighbour_sum(x: Tensor) -> Tensor:
     """(..., H, W): each pixel's ROAD-weighted sum over its in-image neighbours (none outside the image)."""
     H, W = x.shape[-2:]
     p = F.pad(x, (1, 1, 1, 1))
-    h = p[..., :, 0:W] + 2 * p[..., :, 1 : W + 1] + p[..., :, 2 : W + 2]
-    return (h[..., 0:H, :] + 2 * h[..., 1 : H + 1, :] + h[..., 2 : H + 2, :]) / 12 - x / 3
+    h = p[..., :, 0:W] + p[..., :, 2 : W + 2]
+    h.add_(p[..., :, 1 : W + 1], alpha=2)
+    v = h[..., 0:H, :] + h[..., 2 : H + 2, :]
+    v.add_(h[..., 1 : H + 1, :], alpha=2)
+    return v.sub_(x, alpha=4).div_(12)  # in place: the fine grid's solve is bound by memory traffic
 
 
 def pixel_ranks(maps: Tensor) -> Tensor:
@@ -125,7 +128,7 @@ class _Level:
             self.coarse = _Level(-F.max_pool2d(-removed, 2, ceil_mode=True), min_side)
 
     def apply(self, x: Tensor) -> Tensor:
-        return self.removed * (self.diag * x - _neighbour_sum(x))
+        return _neighbour_sum(x).sub_(self.diag * x).mul_(self.removed).neg_()
 
     def restrict(self, r: Tensor) -> Tensor:
         Hc, Wc = self.coarse.removed.shape[-2:]
@@ -138,7 +141,7 @@ class _Level:
     def vcycle(self, r: Tensor, sweeps: int = 2, omega: float = 0.8) -> Tensor:
         """A symmetric V-cycle for ``apply(x) = r`` from x = 0: damped Jacobi, coarse correction, damped Jacobi."""
         if self.coarse is None:
-            sweeps *= 8  # the coarsest grid: Jacobi only
+            sweeps = 16  # the coarsest grid (at most 7 x 7): Jacobi only
         x = omega * self.inv_diag * r
         for _ in range(sweeps - 1):
             x = x + omega * self.inv_diag * (r - self.apply(x))
@@ -163,13 +166,16 @@ def _pcg(level: _Level, rhs: Tensor, tol: float, max_iter: int) -> Tensor:
     rz = dot(r, z)
     stop = (tol ** 2) * dot(rhs, rhs)
     for _ in range(max_iter):
-        if bool((dot(r, r) <= stop).all()):
+        # a converged system stops moving (its residual zeroed): iterating it on would shrink its numbers into
+        # float32 denormals, which the CPU computes two orders of magnitude slower
+        active = dot(r, r) > stop
+        if not bool(active.any()):
             break
         q = level.apply(p)
         pq = dot(p, q)
-        alpha = torch.where(pq > 0, rz / pq.clamp_min(tiny), torch.zeros_like(pq))
+        alpha = torch.where(active & (pq > 0), rz / pq.clamp_min(tiny), torch.zeros_like(pq))
         x = x + alpha * p
-        r = r - alpha * q
+        r = torch.where(active, r - alpha * q, torch.zeros_like(r))
         z = level.vcycle(r)
         rz_new = dot(r, z)
         beta = torch.where(rz > 0, rz_new / rz.clamp_min(tiny), torch.zeros_like(rz))

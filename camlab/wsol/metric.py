@@ -42,6 +42,23 @@ class WSOLReport:
     rows: dict = field(default_factory=dict)
     iou_thresholds: tuple = ()
     thresholds: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: more per-image columns (e.g. the model-based faithfulness metrics of :mod:`camlab.faith`), each aligned with
+    #: ``rows["index"]``; :meth:`add_columns` aligns them by dataset index
+    columns: dict = field(default_factory=dict)
+
+    def add_columns(self, index: np.ndarray, columns: dict) -> None:
+        """Add per-image ``columns`` of the images ``index`` (any order); images they miss get NaN."""
+        mine = self.rows.get("index")
+        if mine is None:
+            return
+        index = np.asarray(index)
+        order = np.argsort(index, kind="stable")
+        pos = np.searchsorted(index[order], mine).clip(0, max(len(index) - 1, 0))
+        found = (index[order][pos] == mine) if len(index) else np.zeros(len(mine), bool)
+        for name, values in columns.items():
+            col = np.full(len(mine), np.nan)
+            col[found] = np.asarray(values, np.float64)[order][pos[found]]
+            self.columns[name] = col
 
     def per_image(self) -> list[dict]:
         """One dict per image: ``index``, ``label``, ``pred``, ``score``, ``correct``, ``gt_known_iou``,
@@ -63,6 +80,7 @@ class WSOLReport:
                             "gt_known_box": r["loc_box"][i].tolist()})
             if "faith" in r:
                 row.update({name: float(r["faith"][i, c]) for c, name in enumerate(POINTING_NAMES)})
+            row.update({name: float(col[i]) for name, col in self.columns.items()})
             for k, j in best.items():
                 iou = float(r["ious"][i, j])
                 row.update({f"threshold{k:g}": float(self.thresholds[j]), f"iou{k:g}": iou,
