@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -141,10 +142,15 @@ class CAMLocalization(L.Callback):
         self.faith_stages = tuple(stages)
         # sequences as lists (a Hydra ListConfig too), so the options pickle and print plainly
         self.faith_options = {k: v if v is None or isinstance(v, (str, int, float)) else list(v) for k, v in faith.items()}
+        known = set(inspect.signature(FaithfulnessMetrics.__init__).parameters) - {"self", "kwargs"}
+        unknown = sorted(set(self.faith_options) - known)
+        if unknown:
+            raise ValueError(f"faithfulness has no key {', '.join(unknown)}; its keys: stages, max_images, "
+                             f"{', '.join(sorted(known))}")
         try:
             FaithfulnessMetrics(**self.faith_options)  # bad options fail here, not mid-epoch
-        except TypeError as err:
-            raise ValueError(f"faithfulness: {err}".replace("__init__() ", "")) from None
+        except ValueError as err:
+            raise ValueError(f"faithfulness.{err}") from None
         self._faith: dict[str, FaithfulnessMetrics] = {}
         self._parallel, self._numba_threads = False, 1  # resolved in setup()
         self._worker = UpdateWorker(max_pending=2, name="camlab-cam-metrics")

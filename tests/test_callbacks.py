@@ -146,3 +146,17 @@ def test_callback_worker_thread_starts_no_openmp_team():
     before, count = threads(), Count()
     validate([CAMLocalization(num_overlays=4, output_dir=None, background=True, topk=(1,)), count])
     assert len(count.during - before) == 1  # the worker thread, and no team of its own
+
+
+@pytest.mark.parametrize("faith, needle", [
+    ({"foo": 1}, "faithfulness has no key foo"),
+    ({"steps": 0}, "faithfulness.steps"),
+    ({"stages": ["train"]}, "faithfulness.stages"),
+    ({"max_images": 0}, "faithfulness.max_images"),
+    ({"insertion_substrate": "noise"}, "faithfulness.insertion_substrate"),
+])
+def test_bad_faithfulness_options_fail_at_construction_naming_the_key(faith, needle):
+    from camlab.callbacks import CAMLocalization
+
+    with pytest.raises(ValueError, match=needle):
+        CAMLocalization(faithfulness=faith)
