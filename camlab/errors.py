@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
-__all__ = ["CompareError", "ConfigError", "DataError", "DataFilesNotFound", "PredictError"]
+__all__ = ["CompareError", "ConfigError", "DataError", "DataFilesNotFound", "OutputError", "PredictError",
+           "RunInterrupted", "TrainingDiverged"]
 
 
 class ConfigError(ValueError):
@@ -45,6 +46,25 @@ class DataError(ConfigError):
 
 class DataFilesNotFound(ConfigError, FileNotFoundError):
     """A dataset root or file is missing; the message names it and the expected layout."""
+
+
+class TrainingDiverged(ConfigError):
+    """The training loss (or the weights) became NaN or infinite: the run stops at once, before a bad step or a
+    checkpoint of such weights; reported as one line (what to change: the learning rate, the precision). In a
+    sweep the trial is recorded as failed and the sweep goes on (see :func:`camlab.runtime.app.run_app`)."""
+
+
+class OutputError(ConfigError):
+    """An output file could not be written (read-only or full disk); the message names the path."""
+
+
+class RunInterrupted(Exception):
+    """The run was stopped by a termination signal (SIGTERM) after saving its state; one line, and the exit code
+    ``exit_code`` (128 + the signal number, the shell's convention), so a scheduler sees a failed job."""
+
+    def __init__(self, message: str, exit_code: int = 143) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class PredictError(Exception):

@@ -9,13 +9,21 @@ Outputs in ``--out``: ``<name>_cam.png`` per image (the top-1 class's CAM over t
 class and score) and ``predictions.json``. Boxes in the JSON are in ORIGINAL image pixels, continuous
 ``[x0, y0, x1, y1]`` (x1, y1 are the right/bottom edges: a box covering pixel columns 3..7 has x0=3, x1=8),
 or null when the CAM has no region above the threshold.
+
+Images are read as stored (16-bit and float images scaled, EXIF orientation not applied: see
+:func:`camlab.data.images.read_rgb`). Hidden files of a folder (``.name``, macOS ``._name.jpg``) are skipped,
+with a note. An unreadable image does not stop the others: every readable one is written, the unreadable ones
+are listed under ``"unreadable"`` in ``predictions.json``, and the command then exits with an error naming the
+first. URLs are refused (local files only).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,15 +33,32 @@ import numpy as np
 from camlab.errors import PredictError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def refuse_url(item: str, what: str = "input") -> None:
+    """A PredictError for a URL (``https://``, ``s3://`` ...): camlab-predict reads local files only."""
+    if _URL.match(str(item)):
+        raise PredictError(f"{what} {item} is a URL: camlab-predict reads local files only; download it first "
+                           f"(e.g. curl -LO '{item}') and pass the file")
 
 
 def list_images(inputs: Sequence[str]) -> list[Path]:
-    """Files given, plus the image files (by suffix, sorted, not recursive) of directories given."""
+    """Files given, plus the image files (by suffix, sorted, not recursive) of directories given.
+
+    Hidden files of a directory (``.name``; macOS AppleDouble ``._name.jpg`` metadata files) are skipped, with a
+    note on stderr naming the first; a file given by name is always used."""
     paths: list[Path] = []
     for item in inputs:
+        refuse_url(item)
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            hidden = [f for f in files if f.name.startswith(".")]
+            found = [f for f in files if not f.name.startswith(".")]
+            if hidden:
+                print(f"camlab: note: skipped {len(hidden)} hidden file(s) in {p} (names starting with '.', e.g. "
+                      f"macOS ._ files), first: {hidden[0].name}", file=sys.stderr, flush=True)
             if not found:
                 raise PredictError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in directory {p}")
             paths += found
@@ -45,14 +70,33 @@ def list_images(inputs: Sequence[str]) -> list[Path]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB, or a :class:`PredictError` naming the file."""
-    from PIL import Image
+    """``(H, W, 3)`` uint8 RGB (as training reads it: :func:`camlab.data.images.read_rgb`), or a
+    :class:`PredictError` naming the file."""
+    return read_image_oriented(path)[0]
+
+
+def read_image_oriented(path: Path) -> tuple[np.ndarray, int]:
+    """:func:`read_image` and the file's EXIF orientation (1: upright; not applied)."""
+    from camlab.data.images import read_rgb
 
     try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+        image, orientation = read_rgb(path)
+        return np.asarray(image), orientation
     except Exception as err:  # noqa: BLE001 - PIL raises several types for unreadable / truncated files
-        raise PredictError(f"cannot read image {path}: {err}") from None
+        text = " ".join(str(err).split()) or type(err).__name__
+        raise PredictError(text if str(path) in text else f"cannot read image {path}: {text}") from None
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    """``write(tmp)`` then rename over ``path``: a full disk leaves no partial file; a PredictError names it."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise PredictError(f"cannot write {path}: {err.strerror or err}; free disk space or choose another --out "
+                           f"directory") from None
 
 
 def to_input(image: np.ndarray, size_hw: tuple[int, int], mean: Sequence[float], std: Sequence[float]):
@@ -117,10 +161,21 @@ def predict(model: Any, paths: Sequence[Path], out_dir: Path, topk: int = 3, thr
     except OSError as err:  # a file in the way, no permission, ...
         raise PredictError(f"cannot create the --out directory {out_dir}: {err.strerror or err}") from None
     used: set[str] = set()
-    entries = []
+    entries, unreadable, oriented = [], [], []
     for start in range(0, len(paths), batch_size):
-        chunk = list(paths[start:start + batch_size])
-        images = [read_image(p) for p in chunk]
+        chunk, images = [], []
+        for p in paths[start:start + batch_size]:
+            try:
+                image, orientation = read_image_oriented(p)
+            except PredictError as err:  # the others are still predicted; listed and reported at the end
+                unreadable.append({"image": str(p), "error": str(err)})
+                continue
+            chunk.append(p)
+            images.append(image)
+            if orientation != 1:
+                oriented.append(str(p))
+        if not images:
+            continue
         x = torch.stack([to_input(im, spec.size_hw, spec.mean, spec.std) for im in images]).to(device)  # (B,3,h,w)
         with torch.no_grad():
             out = model(x)
@@ -143,7 +198,8 @@ def predict(model: Any, paths: Sequence[Path], out_dir: Path, topk: int = 3, thr
             top = preds[0]
             name = _unique_name(path, used)
             overlay = out_dir / f"{name}_cam.png"
-            render_prediction(image, cam_full, top["box"], f"{top['name']} {top['score']:.2f}").save(overlay)
+            picture = render_prediction(image, cam_full, top["box"], f"{top['name']} {top['score']:.2f}")
+            _write_atomic(overlay, lambda tmp: picture.save(tmp, format="PNG"))
             entries.append({"image": str(path), "width": W, "height": H, "overlay": overlay.name,
                             "predictions": preds})
     doc = {
@@ -153,8 +209,11 @@ def predict(model: Any, paths: Sequence[Path], out_dir: Path, topk: int = 3, thr
         "threshold": threshold,
         "box_format": "xyxy in original image pixels, continuous (x1, y1 = right/bottom edges); null: no region",
         "images": entries,
+        "unreadable": unreadable,
+        "exif_oriented": oriented,
     }
-    (out_dir / "predictions.json").write_text(json.dumps(doc, indent=2) + "\n")
+    text = json.dumps(doc, indent=2) + "\n"
+    _write_atomic(out_dir / "predictions.json", lambda tmp: tmp.write_text(text))
     return doc
 
 
@@ -296,6 +355,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if len(inputs) < 2:
             raise PredictError("give a model file and at least one image or folder: camlab-predict MODEL IMAGE...")
         source = inputs.pop(0)
+    refuse_url(source, "model file")
     if not Path(source).is_file():
         raise PredictError(f"model file {source} not found (a camlab-train checkpoint, or --torchvision ARCH "
                            f"--weights <state dict>)")
@@ -313,7 +373,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     doc = predict(model, paths, Path(args.out), topk=args.topk, threshold=args.threshold, device=device,
                   batch_size=args.batch_size, cam_method=args.cam_method)
     out = Path(args.out)
-    print(f"camlab: {len(paths)} image(s) -> {out / 'predictions.json'} and {out}/<name>_cam.png", flush=True)
+    done = len(doc["images"])
+    print(f"camlab: {done} image(s) -> {out / 'predictions.json'} and {out}/<name>_cam.png", flush=True)
+    if doc["exif_oriented"]:
+        print(f"camlab: note: {len(doc['exif_oriented'])} image(s) have an EXIF orientation (shown rotated by "
+              f"viewers), first: {doc['exif_oriented'][0]}; predicted on the stored pixels, boxes in that grid",
+              file=sys.stderr, flush=True)
+    if doc["unreadable"]:
+        bad = doc["unreadable"]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise PredictError(f"{bad[0]['error']}{more}; the {done} other image(s) were predicted, the unreadable "
+                           f"ones are listed under 'unreadable' in {out / 'predictions.json'}")
     return doc
 
 

@@ -9,7 +9,9 @@ every rank's global RNG states (torch, CUDA, numpy, Python) in the checkpoint an
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,9 @@ from typing import Any
 import lightning.pytorch as L
 import numpy as np
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from camlab.errors import OutputError, TrainingDiverged
 
 log = logging.getLogger("camlab.resume")
 
@@ -102,6 +107,7 @@ class FailureCheckpoint(L.Callback):
         super().__init__()
         self.path = Path(dirpath) / f"{filename}.ckpt"
         self._start_step: int | None = None  # the step training started from (after a restore)
+        self.saved: Path | None = None  # the file written at the failure, if any
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start_step = trainer.global_step
@@ -109,6 +115,8 @@ class FailureCheckpoint(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if trainer.state.fn != "fit" or self._start_step is None or trainer.global_step <= self._start_step:
             return  # nothing trained by this process: the checkpoint it started from (if any) holds it all
+        if isinstance(exception, (TrainingDiverged, OutputError)):
+            return  # diverged weights are not worth keeping; a full or read-only disk would refuse them anyway
         if trainer.world_size > 1:
             log.warning("the run failed under DDP: its state is not saved at the failure (a save there could "
                         "hang); resume from the last epoch's checkpoint")
@@ -118,5 +126,53 @@ class FailureCheckpoint(L.Callback):
         except Exception as err:  # noqa: BLE001 - never hide the original error behind a failed save
             log.warning("the run failed and its state could not be saved to %s (%s)", self.path, err)
             return
+        self.saved = self.path
         log.warning("the run failed after %d optimizer step(s); its state is saved in %s: once the cause is "
                     "fixed, continue with ckpt_path=%s", trainer.global_step, self.path, self.path)
+
+
+def write_advice(err: OSError) -> str:
+    """What to do about an output that could not be written, by its cause (full disk, read-only, no permission)."""
+    if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return "free disk space there, or write the run elsewhere (hydra.run.dir=<dir on another disk>)"
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "make that folder writable, or write the run elsewhere (hydra.run.dir=<writable dir>)"
+    if err.errno in (errno.ENOTDIR, errno.EEXIST):
+        return "a file is in the way of that path: move it, or write the run elsewhere (hydra.run.dir=<dir>)"
+    return "check that disk, or write the run elsewhere (hydra.run.dir=<dir>)"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file beside the target, flushed to disk, then renamed over it.
+
+    A save that fails (full disk, read-only folder, a kill) leaves the previous file as it was and no partial
+    or empty file: Lightning's own save stages the bytes in the system temp dir and copies them over the target
+    when that is another filesystem, which a full disk interrupts half-way. A failed save is an
+    :class:`~camlab.errors.OutputError` naming the file. Remote paths (``s3://`` ...) keep Lightning's save.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise OutputError(f"cannot write checkpoint {path}: {err.strerror or err}; {write_advice(err)} "
+                              f"(the checkpoints written before are intact)") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def use_atomic_checkpoints(trainer: L.Trainer) -> None:
+    """Make ``trainer`` save through :class:`AtomicCheckpointIO` (unless a custom checkpoint plugin is set)."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()

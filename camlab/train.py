@@ -13,8 +13,8 @@ import os
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from camlab.errors import ConfigError
-from camlab.resume import last_checkpoint
+from camlab.errors import ConfigError, RunInterrupted
+from camlab.resume import FailureCheckpoint, last_checkpoint, use_atomic_checkpoints
 from camlab.runtime.app import run_app
 from camlab.runtime.config import instantiate_group, resolve_ckpt_path
 from camlab.runtime.process import configure_process
@@ -46,6 +46,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     configure_wandb(cfg)  # W&B name/group from the job, run id kept in the run dir (resume continues the run)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    use_atomic_checkpoints(trainer)  # a failed save (full disk, a kill) leaves the previous checkpoint intact
 
     for lg in trainer.loggers:
         lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "seed": seed})
@@ -62,6 +63,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_checkpoint_file(ckpt_path, where)
     if cfg.get("train", True) and cfg.trainer.get("max_epochs") == 0:
         log.warning("trainer.max_epochs=0: nothing is trained (the test, if any, runs on the initial weights)")
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     try:
         if cfg.get("train", True):
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -69,6 +72,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if ckpt_path is None:
                 log.warning("train=false and no ckpt_path: validating randomly initialised weights")
             trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:  # Lightning's: a SystemExit without a code, which would exit 0
+        raise RunInterrupted(_interrupted_message(trainer)) from None
     except RuntimeError as err:
         if not ckpt_path or "Error(s) in loading state_dict" not in str(err):
             raise
@@ -86,6 +91,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     print_run_summary(cfg, trainer, metrics)
     return metrics
+
+
+def _interrupted_message(trainer) -> str:
+    """Where a run stopped by SIGTERM left its state, and how to continue."""
+    where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+    saved = next((cb.saved for cb in trainer.callbacks if isinstance(cb, FailureCheckpoint) and cb.saved), None)
+    last = last_checkpoint(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else None
+    if saved:
+        keep = f"its state is saved in {saved}: continue with ckpt_path={saved}"
+    elif last:
+        keep = f"continue from its last epoch with ckpt_path={last} (or rerun in the same run dir)"
+    else:
+        keep = "no checkpoint was written yet"
+    return f"stopped by SIGTERM at {where}; {keep}"
 
 
 def check_run_numbers(cfg: DictConfig) -> None:
@@ -117,9 +136,11 @@ def check_checkpoint_file(path: str, where: str = "ckpt_path") -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://camlab.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = run_app("camlab.train", train, cfg)  # one-line errors for bad input, trackers finished
-    # The sweep objective (Optuna). A NaN (diverged run) is returned as NaN: Optuna records that trial as
-    # failed and the search goes on.
+    # One-line errors for bad input, trackers finished; a diverged job of a sweep gives {} (no metric).
+    metrics = run_app("camlab.train", train, cfg, failed_trial={})
+    # The sweep objective (Optuna). None (a diverged job) is recorded by hydra's Optuna sweeper as a failed
+    # trial (hparams_search/optuna_loc.yaml sets max_failure_rate so that the search goes on). Not NaN: optuna
+    # 2.10 rejects a NaN value twice, and the second rejection ends the sweep.
     return metrics.get(cfg.get("optimized_metric")) if cfg.get("optimized_metric") else None
 
 

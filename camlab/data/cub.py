@@ -73,6 +73,9 @@ def read_cub(
             x, y, w, h = (float(v) for v in parts[1:5])
         except ValueError:
             raise DataError(f"{files['bounding_boxes.txt']} line {i}: expected '<id> <x> <y> <w> <h>', got {parts}") from None
+        if not np.isfinite([x, y, w, h]).all():
+            raise DataError(f"{files['bounding_boxes.txt']} line {i}: box {parts[1:5]} of image id {parts[0]} has a NaN "
+                            f"or infinite value; fix that line")
         boxes.setdefault(parts[0], []).append((x, y, x + w, y + h))
 
     seg_dir = root / "segmentations"

@@ -17,14 +17,16 @@ random split of the images by ``val_fraction`` / ``test_fraction`` / ``seed``.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from camlab.data.masks import MaskSpec
-from camlab.data.records import SPLITS, Record, RecordDataset, assign_split, require
+from camlab.data.records import SPLITS, Record, RecordDataset, assign_split, read_text, require
 from camlab.errors import ConfigError, DataError
 
 COCO_LAYOUT = (
@@ -58,14 +60,26 @@ def read_coco(
     root = require(root, "image root", COCO_LAYOUT)
     ann_path = require(root / annotations, "COCO annotation file", COCO_LAYOUT)
     try:
-        data = json.loads(ann_path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(ann_path))
     except json.JSONDecodeError as err:
         raise DataError(f"{ann_path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{ann_path}: the top level must be an object {{images, annotations, categories}}, got a "
+                        f"{type(data).__name__}. Expected: {COCO_LAYOUT}")
     for key in ("images", "categories"):
         if key not in data:
             raise DataError(f"{ann_path} has no '{key}' list. Expected: {COCO_LAYOUT}")
-    categories = sorted(data["categories"], key=lambda c: c["id"])
+    for key in ("images", "categories", "annotations"):
+        if not isinstance(data.get(key, []), list):
+            raise DataError(f"{ann_path}: '{key}' must be a list of objects, got a {type(data[key]).__name__}. "
+                            f"Expected: {COCO_LAYOUT}")
+    _check_entries(ann_path, data["categories"], "categories", ("id",))
+    _check_entries(ann_path, data["images"], "images", ("id", "file_name"))
+    _check_entries(ann_path, data.get("annotations", []), "annotations", ("image_id",))
+    categories = sorted(data["categories"], key=lambda c: (str(type(c["id"])), c["id"]))
     index_of = {c["id"]: k for k, c in enumerate(categories)}
+    if len(index_of) < len(categories):
+        raise DataError(f"{ann_path}: categories: id {_first_duplicate([c['id'] for c in categories])!r} is listed twice")
     names = [str(c.get("name", c["id"])) for c in categories]
 
     per_image: dict[Any, list[tuple[int, dict]]] = {}
@@ -74,10 +88,11 @@ def read_coco(
         if ann.get("category_id") not in index_of:
             raise DataError(f"{where}: category_id {ann.get('category_id')!r} is not in categories {sorted(index_of)}")
         per_image.setdefault(ann.get("image_id"), []).append((n, ann))
+    _check_image_ids(ann_path, data["images"], per_image)
 
     records: list[tuple[str | None, Record]] = []
     for n, img in enumerate(data["images"]):
-        where = f"{ann_path.name} images[{n}] ({img.get('file_name')})"
+        where = f"{ann_path.name} images[{n}] ({img['file_name']})"
         anns = per_image.pop(img["id"], [])
         classes = {a["category_id"] for _, a in anns}
         if not anns and "category_id" in img:
@@ -97,7 +112,8 @@ def read_coco(
             elif isinstance(seg, dict):
                 rles.append(seg)
             if a.get("bbox") is not None:
-                x, y, w, h = (float(v) for v in a["bbox"])
+                x, y, w, h = _coco_bbox(a["bbox"], f"{ann_path} annotations[{k}] (id {a.get('id', '?')}, image "
+                                                   f"{img['file_name']})")
                 boxes.append((x, y, x + w, y + h))
             elif isinstance(seg, list) and seg:
                 xs = [v for p in seg for v in p[0::2]]
@@ -105,7 +121,13 @@ def read_coco(
                 boxes.append((min(xs), min(ys), max(xs), max(ys)))
             else:
                 raise DataError(f"{ann_path.name} annotations[{k}]: needs a bbox (or a polygon segmentation)")
-        size = (int(img["width"]), int(img["height"])) if "width" in img and "height" in img else None
+        size = None
+        if "width" in img and "height" in img:
+            try:
+                size = (int(img["width"]), int(img["height"]))
+            except (TypeError, ValueError):
+                raise DataError(f"{ann_path} images[{n}] ({img['file_name']}): width and height must be integers, "
+                                f"got {img['width']!r}, {img['height']!r}") from None
         mask = None
         if img.get("mask_file") or polygons or rles:
             if polygons and size is None:
@@ -119,6 +141,69 @@ def read_coco(
     if per_image:
         raise DataError(f"{ann_path.name}: annotations refer to image_id {next(iter(per_image))!r}, not in images")
     return _split_filter(records, split, str(ann_path), (val_fraction, test_fraction, seed)), names
+
+
+def _check_entries(path: Path, entries: list, key: str, required: tuple[str, ...]) -> None:
+    """Every entry of a COCO list is an object with the ``required`` keys."""
+    for n, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise DataError(f"{path} {key}[{n}]: expected an object, got {type(entry).__name__} {str(entry)[:60]!r}")
+        missing = [r for r in required if r not in entry]
+        if missing:
+            raise DataError(f"{path} {key}[{n}] has no {' or '.join(repr(m) for m in missing)} "
+                            f"(keys: {sorted(entry)[:8]}). Expected: {COCO_LAYOUT}")
+
+
+def _first_duplicate(values: list) -> Any:
+    seen = set()
+    for v in values:
+        if v in seen:
+            return v
+        seen.add(v)
+    return None
+
+
+def _check_image_ids(path: Path, images: list[dict], per_image: dict) -> None:
+    """Image ids are unique, and every annotation's image_id is one of them (also in type: 1 is not "1")."""
+    first: dict[Any, int] = {}
+    for n, img in enumerate(images):
+        try:
+            hash(img["id"])
+        except TypeError:
+            raise DataError(f"{path} images[{n}] ({img['file_name']}): id must be a number or a string, "
+                            f"got {img['id']!r}") from None
+        if img["id"] in first:
+            raise DataError(f"{path} images[{n}] ({img['file_name']}): id {img['id']!r} is also the id of "
+                            f"images[{first[img['id']]}] ({images[first[img['id']]]['file_name']}); image ids must "
+                            f"be unique")
+        first[img["id"]] = n
+    orphans = [i for i in per_image if i not in first]
+    if not orphans:
+        return
+    n_ann, ann = per_image[orphans[0]][0]
+    by_text = {str(i): i for i in first}
+    if str(orphans[0]) in by_text:
+        other = by_text[str(orphans[0])]
+        raise DataError(f"{path} annotations[{n_ann}]: image_id {orphans[0]!r} ({type(orphans[0]).__name__}) differs in "
+                        f"type from images[{first[other]}] id {other!r} ({type(other).__name__}); write both as the "
+                        f"same type (COCO uses integers)")
+    raise DataError(f"{path} annotations[{n_ann}]: image_id {orphans[0]!r} is not the id of any image "
+                    f"({len(orphans)} image id(s) of annotations are missing from 'images')")
+
+
+def _coco_bbox(bbox: Any, where: str) -> tuple[float, float, float, float]:
+    """A COCO ``[x, y, width, height]`` of finite numbers, width and height >= 0; else a DataError at ``where``."""
+    if isinstance(bbox, (str, bytes)) or not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        raise DataError(f"{where}: bbox must be a list of 4 numbers [x, y, width, height], got {bbox!r}")
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: bbox must be 4 numbers [x, y, width, height], got {bbox!r}") from None
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        raise DataError(f"{where}: bbox {bbox!r} has a NaN or infinite value; fix or remove that annotation")
+    if w < 0 or h < 0:
+        raise DataError(f"{where}: bbox {bbox!r} has a negative width or height (COCO is [x, y, width, height])")
+    return x, y, w, h
 
 
 class COCODataset(RecordDataset):
@@ -140,8 +225,12 @@ def read_csv(
     """Records of one split of a ``path,label,x0,y0,x1,y1`` CSV, and the class names."""
     root = require(root, "image root", CSV_LAYOUT)
     ann_path = require(root / annotations, "CSV annotation file", CSV_LAYOUT)
-    with open(ann_path, newline="", encoding="utf-8") as f:
-        rows = [(i, [c.strip() for c in row]) for i, row in enumerate(csv.reader(f), 1) if any(c.strip() for c in row)]
+    text = read_text(ann_path)  # UTF-8, a byte-order mark dropped (else the header's "path" would not match)
+    try:
+        rows = [(i, [c.strip() for c in row]) for i, row in enumerate(csv.reader(io.StringIO(text, newline="")), 1)
+                if any(c.strip() for c in row)]
+    except csv.Error as err:
+        raise DataError(f"{ann_path}: not a readable CSV ({err}). Expected: {CSV_LAYOUT}") from None
     if not rows:
         raise DataError(f"{ann_path} is empty. Expected: {CSV_LAYOUT}")
     columns = ["path", "label", "x0", "y0", "x1", "y1"]
@@ -164,6 +253,9 @@ def read_csv(
             box = tuple(float(v) for v in coords) if all(coords) else None
         except ValueError:
             raise DataError(f"{ann_path} line {i}: box coordinates must be numbers, got {coords}") from None
+        if box is not None and not all(math.isfinite(v) for v in box):
+            raise DataError(f"{ann_path} line {i}: box {coords} of {row[col['path']]} has a NaN or infinite "
+                            f"coordinate; fix or remove that row")
         parsed.append((i, row[col["path"]], row[col["label"]], box,
                        row[col["split"]] if "split" in col else None, row[col["mask"]] if "mask" in col else ""))
 

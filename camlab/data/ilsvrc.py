@@ -49,7 +49,10 @@ def parse_voc_xml(path: Path) -> tuple[str, tuple[int, int] | None, list[tuple[s
     filename = (tree.findtext("filename") or path.stem).strip()
     size = None
     if tree.find("size") is not None:
-        size = (int(tree.findtext("size/width")), int(tree.findtext("size/height")))
+        try:
+            size = (int(tree.findtext("size/width")), int(tree.findtext("size/height")))
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: <size> needs integer <width> and <height>") from None
     objects = []
     for obj in tree.iter("object"):
         box = obj.find("bndbox")
@@ -59,6 +62,8 @@ def parse_voc_xml(path: Path) -> tuple[str, tuple[int, int] | None, list[tuple[s
             coords = tuple(float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
         except (TypeError, ValueError):
             raise DataError(f"{path}: a <bndbox> needs numeric xmin, ymin, xmax, ymax") from None
+        if not np.isfinite(coords).all():
+            raise DataError(f"{path}: <bndbox> {list(coords)} has a NaN or infinite value; fix that file")
         objects.append(((obj.findtext("name") or "").strip(), coords))
     return filename, size, objects
 

@@ -22,6 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
 from camlab.data.collate import collate_wsol
+from camlab.data.images import read_rgb, warn_exif_orientation
 from camlab.data.masks import MaskSpec, rle_counts, tight_boxes
 from camlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, WSOLTransform
 from camlab.errors import ConfigError, DataError
@@ -66,10 +67,33 @@ def require(path: str | os.PathLike, what: str, layout: str) -> Path:
     return p
 
 
+def read_text(path: str | os.PathLike) -> str:
+    r"""A UTF-8 annotation file's text (a byte-order mark dropped); another encoding is a DataError naming the
+    file, the line and the byte.
+
+    >>> import tempfile; p = Path(tempfile.mkdtemp()) / "a.csv"
+    >>> _ = p.write_bytes("\ufeffpath,label\n".encode() + "caf\xe9.jpg,0\n".encode("latin-1"))
+    >>> read_text(p)
+    Traceback (most recent call last):
+    ...
+    camlab.errors.DataError: ... is not UTF-8 text: byte 0xe9 at line 2, column 4; ...
+    """
+    data = Path(path).read_bytes()
+    data = data[3:] if data.startswith(b"\xef\xbb\xbf") else data  # a byte-order mark (Excel's "CSV UTF-8")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise DataError(
+            f"{path} is not UTF-8 text: byte 0x{data[err.start]:02x} at line {line}, column {column}; save it as "
+            f"UTF-8 (e.g. iconv -f latin1 -t utf-8 {Path(path).name} > fixed.txt)"
+        ) from None
+
+
 def read_lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, stripped text) of the non-empty lines of a text file."""
-    with open(path, encoding="utf-8") as f:
-        return [(i, line.strip()) for i, line in enumerate(f, 1) if line.strip()]
+    """(line number, stripped text) of the non-empty lines of a UTF-8 text file (see :func:`read_text`)."""
+    return [(i, line.strip()) for i, line in enumerate(read_text(path).splitlines(), 1) if line.strip()]
 
 
 def assign_split(keys: Sequence[str], split: str, val_fraction: float, test_fraction: float, seed: int) -> set[str]:
@@ -168,7 +192,7 @@ class RecordDataset(Dataset):
         self.skip_corrupt = bool(skip_corrupt)
         self.inclusive_boxes = bool(inclusive_boxes)
         self.counts = {"skipped_missing": 0, "skipped_unreadable_at_setup": 0, "clipped_boxes": 0, "emptied_boxes": 0,
-                       "mask_size_mismatch": 0, "classes_without_images": 0}
+                       "mask_size_mismatch": 0, "classes_without_images": 0, "zero_area_boxes": 0}
         self._first: dict[str, str] = {}
 
         records = list(records)
@@ -193,8 +217,11 @@ class RecordDataset(Dataset):
                         f"(or a mask) per image for the localization metrics"
                     )
         self.records = records
-        # Unreadable images met while loading, one slot per DataLoader worker (shared memory, no races).
+        # Unreadable images met while loading, one slot per DataLoader worker (shared memory, no races); the
+        # same for the distinct images with an EXIF orientation (counted at their first load only).
         self._skipped = torch.zeros(_MAX_WORKER_SLOTS, dtype=torch.int64).share_memory_()
+        self._oriented = torch.zeros(_MAX_WORKER_SLOTS, dtype=torch.int64).share_memory_()
+        self._oriented_seen = torch.zeros(len(records), dtype=torch.bool).share_memory_()
         self._warned_skip = False
         self._report_setup()
 
@@ -241,9 +268,25 @@ class RecordDataset(Dataset):
             if len(r.boxes) == 0:
                 kept.append(r)
                 continue
+            finite = np.isfinite(r.boxes).all(1)
+            if not finite.all():
+                raise DataError(f"{self.name}: box {r.boxes[~finite][0].tolist()} of {r.path} ({r.source}) has a NaN "
+                                f"or infinite coordinate; fix or remove that box in the annotations")
             bad = (r.boxes[:, 2] < r.boxes[:, 0]) | (r.boxes[:, 3] < r.boxes[:, 1])
             if bad.any():
-                raise DataError(f"{self.name}: box {r.boxes[bad][0].tolist()} of {r.path} ({r.source}) has x1 < x0 or y1 < y0")
+                raise DataError(f"{self.name}: box {r.boxes[bad][0].tolist()} of {r.path} ({r.source}) has x1 < x0 or "
+                                f"y1 < y0; give boxes as x0, y0, x1, y1 (top-left, then bottom-right corner)")
+            # Continuous boxes (x1 one past the last pixel) with x1 == x0 cover no pixel; inclusive ones cover one.
+            flat = np.zeros(len(r.boxes), bool) if self.inclusive_boxes else (
+                (r.boxes[:, 2] == r.boxes[:, 0]) | (r.boxes[:, 3] == r.boxes[:, 1]))
+            if flat.any():
+                if self.split != "train":
+                    raise DataError(
+                        f"{self.name}: box {r.boxes[flat][0].tolist()} of {r.path} ({r.source}) has zero area (x1 == x0 "
+                        f"or y1 == y0); the {self.split} split's boxes are scored by the localization metrics, so fix "
+                        f"or remove the box")
+                self.counts["zero_area_boxes"] += int(flat.sum())
+                self._first.setdefault("zero_area_boxes", f"{r.boxes[flat][0].tolist()} of {r.path} ({r.source})")
             size = r.size
             if size is None:
                 try:
@@ -324,6 +367,12 @@ class RecordDataset(Dataset):
                 "%s (%s): clipped %d box(es) that extended past their image%s; first: %s",
                 self.name, self.split, c["clipped_boxes"], extra, first["clipped_boxes"],
             )
+        if c["zero_area_boxes"]:
+            log.warning(
+                "%s (train): %d box(es) have zero area (x1 == x0 or y1 == y0); first: %s. Training uses only the "
+                "labels, so they do no harm there, but check the annotation tool's export",
+                self.name, c["zero_area_boxes"], first["zero_area_boxes"],
+            )
         if c["mask_size_mismatch"]:
             log.warning(
                 "%s (%s): %d mask(s) differ in size from their image; first: %s. Each mask is stretched to the "
@@ -349,13 +398,25 @@ class RecordDataset(Dataset):
     def num_skipped_while_loading(self) -> int:
         return int(self._skipped.sum())
 
+    @property
+    def num_exif_oriented(self) -> int:
+        return int(self._oriented.sum())
+
     def report(self) -> dict[str, int]:
-        """Counts of what was clipped or skipped; logs a warning when unreadable images were skipped."""
-        counts = {**self.counts, "skipped_unreadable_while_loading": self.num_skipped_while_loading}
+        """Counts of what was clipped or skipped; logs a warning when unreadable images were skipped or images
+        with an EXIF orientation were read (as stored, the orientation not applied)."""
+        counts = {**self.counts, "skipped_unreadable_while_loading": self.num_skipped_while_loading,
+                  "exif_oriented": self.num_exif_oriented}
         if counts["skipped_unreadable_while_loading"]:
             log.warning(
                 "%s (%s): skipped %d unreadable image(s) while loading (skip_corrupt=True)",
                 self.name, self.split, counts["skipped_unreadable_while_loading"],
+            )
+        if counts["exif_oriented"]:
+            log.warning(
+                "%s (%s): %d image(s) have an EXIF orientation (displayed rotated or mirrored); they were read as "
+                "stored, so their boxes must be on the stored pixel grid (the first one was named when loaded)",
+                self.name, self.split, counts["exif_oriented"],
             )
         return counts
 
@@ -365,18 +426,24 @@ class RecordDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         r = self.records[index]
+        info = get_worker_info()
+        slot = (0 if info is None else info.id + 1) % _MAX_WORKER_SLOTS
         try:
-            with Image.open(r.path) as im:
-                image = im.convert("RGB")
+            image, orientation = read_rgb(r.path)
+        except DataError:
+            raise  # NaN pixels: not a file to skip silently
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             if not self.skip_corrupt:
                 raise _unreadable(r.path, err) from None
-            info = get_worker_info()
-            self._skipped[(0 if info is None else info.id + 1) % _MAX_WORKER_SLOTS] += 1
+            self._skipped[slot] += 1
             if not self._warned_skip:
                 self._warned_skip = True
                 log.warning("%s: skipping unreadable image %s (%s); the total is reported at the end", self.name, r.path, err)
             return None
+        if orientation != 1 and not self._oriented_seen[index]:
+            self._oriented_seen[index] = True
+            self._oriented[slot] += 1
+            warn_exif_orientation(r.path, orientation)
         if r.size is not None and tuple(image.size) != tuple(r.size):
             raise DataError(
                 f"{self.name}: {r.path} is {image.size[0]}x{image.size[1]} but its annotations ({r.source}) "

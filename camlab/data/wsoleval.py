@@ -75,8 +75,12 @@ def read_wsoleval(
 
     sizes: dict[str, tuple[int, int]] = {}
     if (meta / "image_sizes.txt").is_file():
-        for _, (image_id, w, h) in _csv(meta / "image_sizes.txt", 3):
-            sizes[image_id] = (int(w), int(h))
+        for i, (image_id, w, h) in _csv(meta / "image_sizes.txt", 3):
+            try:
+                sizes[image_id] = (int(w), int(h))
+            except ValueError:
+                raise DataError(f"{meta / 'image_sizes.txt'} line {i}: width and height must be integers, "
+                                f"got {w!r}, {h!r}") from None
 
     boxes: dict[str, list[tuple[float, ...]]] = {}
     masks: dict[str, list[str]] = {}

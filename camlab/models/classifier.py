@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.classification import MulticlassAccuracy
 
 from camlab.cam import class_activation_maps
-from camlab.errors import ConfigError
+from camlab.errors import ConfigError, TrainingDiverged
 
 POOLS = ("gap", "gmp")
 
@@ -32,6 +32,10 @@ class CAMClassifier(L.LightningModule):
         head_lr_mult: learning-rate multiplier of the new linear head relative to the backbone (e.g. 10 when
             fine-tuning a pretrained backbone).
         label_smoothing: cross-entropy label smoothing.
+        nonfinite_patience: non-finite (NaN/inf) training losses in a row that are skipped (no optimizer step,
+            a warning) before the run stops with :class:`~camlab.errors.TrainingDiverged`; 0: stop at the first.
+            The weights are never stepped on a non-finite loss, and a checkpoint of non-finite weights is never
+            written (the run stops instead), so ``last.ckpt`` and the best checkpoint stay finite.
     """
 
     def __init__(
@@ -43,8 +47,12 @@ class CAMClassifier(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         head_lr_mult: float = 1.0,
         label_smoothing: float = 0.0,
+        nonfinite_patience: int = 0,
     ) -> None:
         super().__init__()
+        if isinstance(nonfinite_patience, bool) or not isinstance(nonfinite_patience, int) or nonfinite_patience < 0:
+            raise ConfigError(f"nonfinite_patience must be an integer >= 0, got {nonfinite_patience!r}",
+                              settings=["nonfinite_patience"])
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         if num_classes < 2:
@@ -61,6 +69,8 @@ class CAMClassifier(L.LightningModule):
         self.head_lr_mult = head_lr_mult
         self.label_smoothing = label_smoothing
         self.num_classes = num_classes
+        self.nonfinite_patience = nonfinite_patience
+        self._nonfinite_in_a_row = 0
         topk = min(5, num_classes)
         self.val_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=topk, average="micro")
@@ -122,6 +132,17 @@ class CAMClassifier(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self(batch["image"])
         loss = self._loss(out["logits"], batch["label"])
+        if not self._finite_on_every_rank(loss):
+            # Stepping on a NaN/inf loss would make every weight NaN; all ranks take the same decision.
+            self._nonfinite_in_a_row += 1
+            if self._nonfinite_in_a_row > self.nonfinite_patience:
+                raise TrainingDiverged(self._diverged_message(f"the training loss is {float(loss.detach())}",
+                                                              batch_idx), settings=self._divergence_settings())
+            rank_zero_warn(f"non-finite training loss at epoch {self.current_epoch}, step {self.global_step} "
+                           f"(batch {batch_idx}): batch skipped ({self._nonfinite_in_a_row} in a row, "
+                           f"nonfinite_patience={self.nonfinite_patience})")
+            return None  # no backward, no optimizer step
+        self._nonfinite_in_a_row = 0
         # train/acc (micro accuracy of the epoch) from plain tensor sums, logged once at the epoch's end: a
         # torchmetrics forward, or a second self.log, per step would add overhead to every step of a small model.
         self._train_correct += (out["logits"].detach().argmax(dim=1) == batch["label"]).sum()
@@ -157,9 +178,44 @@ class CAMClassifier(L.LightningModule):
         images = batch["image"] if isinstance(batch, dict) else batch
         return self(images)
 
+    # ---- divergence --------------------------------------------------------------------------------------
+    def _finite_on_every_rank(self, value: Tensor) -> bool:
+        finite = bool(torch.isfinite(value.detach()).all())  # one device sync per step
+        if self._trainer is not None and self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        return finite
+
+    def _divergence_settings(self) -> list[str]:
+        precision = str(getattr(self._trainer, "precision", "32-true")) if self._trainer is not None else "32-true"
+        return ["lr"] + (["precision"] if not precision.startswith(("32", "64")) else [])
+
+    def _diverged_message(self, what: str, batch_idx: int | None = None) -> str:
+        """``what`` at this epoch/step, the likely causes with their current values, and what is kept."""
+        where = f"epoch {self.current_epoch}, step {self.global_step}"
+        where += f" (batch {batch_idx})" if batch_idx is not None else ""
+        try:
+            lrs = sorted({f"{g['lr']:.3g}" for g in self.trainer.optimizers[0].param_groups})
+        except (AttributeError, IndexError, RuntimeError):
+            lrs = []
+        lr = f" (lr now {', '.join(lrs)})" if lrs else ""
+        precision = str(getattr(self._trainer, "precision", "32-true")) if self._trainer is not None else "32-true"
+        causes = f"lower the learning rate{lr}"
+        if not precision.startswith(("32", "64")):
+            causes += f", or train in 32-bit precision (precision={precision} can overflow: precision=32)"
+        return (f"{what} at {where}: the run diverged. {causes[0].upper()}{causes[1:]}, or check the inputs "
+                f"for NaN values, and start a new run; the checkpoints already written (last.ckpt of the last "
+                f"finished epoch, the best one) hold finite weights and are kept")
+
     # ---- checkpoints -----------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store what inference needs besides the weights: the run config and the input pipeline's metadata."""
+        """Store what inference needs besides the weights: the run config and the input pipeline's metadata.
+
+        Refuses (:class:`~camlab.errors.TrainingDiverged`) to save non-finite weights while fitting: such a file
+        would replace a good ``last.ckpt`` or be picked as the best checkpoint."""
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if fitting and not bool(torch.stack([torch.isfinite(p).all() for p in self.parameters()]).all()):
+            raise TrainingDiverged(self._diverged_message("the weights are no longer finite (NaN/inf)"),
+                                   settings=self._divergence_settings())
         if self.run_config is not None:
             checkpoint["camlab_run_config"] = self.run_config
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None

@@ -8,6 +8,7 @@
 - :mod:`camlab.runtime.trackers`: the W&B run's identity and its end.
 - :mod:`camlab.runtime.process`: process-wide settings (glibc malloc, matmul precision, quieter logs).
 - :mod:`camlab.runtime.summary`: the end-of-run summary.
+- :mod:`camlab.runtime.outputs`: the run dir is checked writable before Hydra writes it (a Hydra callback).
 
 The library (models, data, metrics) does not import this package: its errors (:mod:`camlab.errors`) speak in
 argument names, and this package adds the config keys.

@@ -7,14 +7,17 @@ node Hydra was instantiating).
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
 from omegaconf import DictConfig
 
-from camlab.errors import ConfigError
+from camlab.errors import ConfigError, RunInterrupted, TrainingDiverged
 from camlab.runtime.config import config_keys
 from camlab.runtime.ddp import cleanup_distributed, install_ddp_child_command
 from camlab.runtime.process import quiet_duplicate_lightning_logs
@@ -24,24 +27,36 @@ from camlab.runtime.trackers import finish_experiment_trackers
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, TypeError)
 CAMLAB_ROOT = Path(__file__).resolve().parents[1]  # the camlab package
 _ARGUMENT = re.compile(r"\b([a-z_][a-z0-9_]*)=")  # `skip_corrupt=True` in a message
+# OSErrors about the disk or the permissions of a path, not camlab bugs: one line naming the path.
+DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, getattr(errno, "EDQUOT", errno.ENOSPC)}
+log = logging.getLogger("camlab")
 
 
-def run_app(module: str, fn: Any, cfg: DictConfig) -> Any:
+def run_app(module: str, fn: Any, cfg: DictConfig, failed_trial: Any = None) -> Any:
     """Run an entry point's body ``fn(cfg)`` as every camlab console script does; return its result.
 
     DDP child processes re-run ``python -m <module>``; bad input (:class:`ConfigError`, or a library error
     :func:`describe_error` recognises) ends the process with one ``camlab: error: ...`` line and no traceback
-    (``HYDRA_FULL_ERROR=1`` shows the traceback);
-    W&B runs are finished and the process group destroyed however ``fn`` ends.
+    (``HYDRA_FULL_ERROR=1`` shows the traceback) and exit code 1; a run stopped by SIGTERM
+    (:class:`~camlab.errors.RunInterrupted`) exits with 143. A diverged run
+    (:class:`~camlab.errors.TrainingDiverged`) that is one job of a sweep (``-m``, Optuna) logs its line and
+    returns ``failed_trial`` when given (the caller's objective is then NaN: Optuna records a failed trial, the
+    sweep goes on). W&B runs are finished and the process group destroyed however ``fn`` ends.
     """
     quiet_duplicate_lightning_logs()
     install_ddp_child_command(module)
     try:
         return fn(cfg)
+    except RunInterrupted as err:
+        print(f"camlab: error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(err.exit_code) from None
     except Exception as err:  # noqa: BLE001
         message = describe_error(err, cfg)
         if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        if failed_trial is not None and isinstance(err, TrainingDiverged) and _in_sweep():
+            log.error("camlab: error: %s [this sweep job is recorded as failed; the sweep goes on]", message)
+            return failed_trial
         raise SystemExit(f"camlab: error: {message}") from None
     finally:
         finish_experiment_trackers()
@@ -83,8 +98,34 @@ def describe_error(err: BaseException, cfg: DictConfig | None = None) -> str | N
         return f"{message}{_where(cfg, settings, key)}"
     if isinstance(root, FileNotFoundError):
         return str(root)
+    if isinstance(root, OSError) and root.errno in DISK_ERRNOS:
+        return _disk_error(root, cfg)
     library = _library_user_error(root)
     return None if library is None else f"{library}{_where(cfg, (), key)}"
+
+
+def _in_sweep() -> bool:
+    """Whether this process runs one job of a Hydra multirun (a DDP child re-runs its job as a plain run)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001 - no Hydra app (a notebook, a test): not a sweep
+        return False
+
+
+def _disk_error(err: OSError, cfg: DictConfig | None) -> str:
+    """A full or read-only disk, or a path without permission: the path, the cause and what to do."""
+    from camlab.resume import write_advice
+
+    try:
+        path = str(err.filename or (cfg.get("paths", {}).get("output_dir") if cfg is not None else None)
+                   or "an output file")
+    except Exception:  # noqa: BLE001 - an unresolvable interpolation: the error matters more
+        path = "an output file"
+    verb = "reading or writing" if err.errno in (errno.EACCES, errno.EPERM) else "writing"
+    return f"{err.strerror or err} while {verb} {path}: {write_advice(err)}"
 
 
 def _where(cfg: DictConfig | None, settings: Iterable[str], node: str | None) -> str:
