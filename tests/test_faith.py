@@ -248,3 +248,25 @@ def test_bad_arguments_fail_at_construction():
                            ({"chunk": 0}, "chunk")):
         with pytest.raises(ValueError, match=needle):
             FaithfulnessMetrics(**kwargs)
+
+
+def test_known_base_scores_save_two_passes_and_change_nothing(batch):
+    images, maps, targets = batch
+    model = LinearModel()
+    ins, dele = insertion_deletion(model, images, maps, targets, steps=4, chunk=5)
+    calls = model.calls
+    base = average_drop_increase(model, images, maps, targets)[2] * 0 + ins[:, -1]
+    model.calls = 0
+    ins2, dele2 = insertion_deletion(model, images, maps, targets, steps=4, chunk=100, base=base)
+    assert model.calls == 2 and calls > 0  # one chunk per curve: 4 stages x 3 images each
+    assert torch.allclose(ins2, ins, rtol=1e-12) and torch.allclose(dele2, dele, rtol=1e-12)
+
+
+def test_average_drop_is_nan_for_a_non_positive_score_and_logit_is_refused_for_it():
+    model = lambda x: torch.stack([x.mean(dim=(1, 2, 3)) - 2.0, torch.zeros(x.shape[0])], 1)
+    drop, inc, _ = average_drop_increase(model, torch.ones(1, 3, 4, 4), torch.rand(1, 4, 4), torch.tensor([0]),
+                                         score="logit")
+    assert math.isnan(drop.item()) and inc.item() == 0.0
+    with pytest.raises(ValueError, match="score=logit with drop_increase"):
+        FaithfulnessMetrics(score="logit")
+    FaithfulnessMetrics(score="logit", metrics=("insertion_deletion", "road"))

@@ -69,12 +69,15 @@ def _normalized(maps: Tensor) -> Tensor:
 
 def average_drop_increase(model: Callable, images: Tensor, maps: Tensor, targets: Tensor, score: str = "softmax",
                           base: Tensor | None = None, chunk: int = 64) -> tuple[Tensor, Tensor, Tensor]:
-    """Per image ``(drop, increase, masked score)``: float64 (B,) each (``increase`` 0/1). ``base``: the (B,)
-    scores of the unperturbed inputs when already known (one forward pass fewer)."""
+    """Per image ``(drop, increase, masked score)``: float64 (B,) each (``increase`` 0/1; ``drop`` NaN where the
+    input's score is not positive, e.g. a negative logit). ``base``: the (B,) scores of the unperturbed inputs
+    when already known (one forward pass fewer)."""
     _check(images, maps, targets)
     base = scores(model, images, targets, score, chunk) if base is None else base.double()
     masked = scores(model, images * _normalized(maps).unsqueeze(1).to(images.dtype), targets, score, chunk)
-    drop = (base - masked).clamp_min(0) / base.clamp_min(torch.finfo(torch.float64).tiny)
+    # the drop is relative to Y: undefined (NaN) where Y <= 0, which only a logit score can give
+    drop = torch.where(base > 0, (base - masked).clamp_min(0) / base.clamp_min(torch.finfo(torch.float64).tiny),
+                       torch.full_like(base, float("nan")))
     return drop, (masked > base).double(), masked
 
 
@@ -91,20 +94,23 @@ def auc(curves: Tensor) -> Tensor:
 
 def _perturbed_scores(model: Callable, make: Callable[[Tensor, Tensor], Tensor], B: int, stages: int,
                       targets: Tensor, score: str, chunk: int, device: torch.device) -> Tensor:
-    """(B, stages) scores, with ``make(images_idx, stage_idx)`` building the perturbed inputs of a chunk."""
+    """(B, stages) scores, with ``make(images_idx, stage_idx)`` building the perturbed inputs of a chunk; the
+    pairs go stage by stage, so a chunk holds like perturbations (ROAD: systems of like difficulty)."""
     pairs = torch.arange(B * stages, device=device)
-    out = torch.empty(B * stages, dtype=torch.float64, device=device)
+    out = torch.empty(stages * B, dtype=torch.float64, device=device)
     for s in range(0, pairs.numel(), chunk):
         p = pairs[s : s + chunk]
-        b, k = p // stages, p % stages
+        k, b = p // B, p % B
         out[s : s + chunk] = scores(model, make(b, k), targets[b], score, chunk)
-    return out.reshape(B, stages)
+    return out.reshape(stages, B).T.contiguous()
 
 
 def insertion_deletion(model: Callable, images: Tensor, maps: Tensor, targets: Tensor, steps: int = 20,
                        insertion_substrate: str = "blur", deletion_substrate: str = "zeros", score: str = "softmax",
-                       chunk: int = 64) -> tuple[Tensor, Tensor]:
-    """Per image ``(insertion, deletion)`` curves, float64 (B, steps + 1) each (:func:`auc` gives their areas)."""
+                       chunk: int = 64, base: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per image ``(insertion, deletion)`` curves, float64 (B, steps + 1) each (:func:`auc` gives their areas).
+    ``base``: the (B,) scores of the inputs when known: the last insertion and the first deletion stage are the
+    input itself, so they are not scored again (``2 steps`` forward passes per image instead of ``2 (steps + 1)``)."""
     _check(images, maps, targets)
     if int(steps) < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -117,12 +123,19 @@ def insertion_deletion(model: Callable, images: Tensor, maps: Tensor, targets: T
     curves = []
     for kind, inserting in ((insertion_substrate, True), (deletion_substrate, False)):
         sub = substrate(images, kind)
+        # with ``base``, the stages scored are 0..steps-1 (insertion) or 1..steps (deletion)
+        first = int(base is not None and not inserting)
 
-        def make(b: Tensor, k: Tensor, sub: Tensor = sub, inserting: bool = inserting) -> Tensor:
-            chosen = ranks[b] < counts[k].reshape(-1, 1, 1, 1)  # the most salient pixels of each stage
+        def make(b: Tensor, k: Tensor, sub: Tensor = sub, inserting: bool = inserting, first: int = first) -> Tensor:
+            chosen = ranks[b] < counts[k + first].reshape(-1, 1, 1, 1)  # the most salient pixels of each stage
             return torch.where(chosen, images[b], sub[b]) if inserting else torch.where(chosen, sub[b], images[b])
 
-        curves.append(_perturbed_scores(model, make, B, steps + 1, targets, score, chunk, images.device))
+        stages = steps if base is not None else steps + 1
+        curve = _perturbed_scores(model, make, B, stages, targets, score, chunk, images.device)
+        if base is not None:
+            known = base.double().to(curve.device).reshape(-1, 1)
+            curve = torch.cat([curve, known], dim=1) if inserting else torch.cat([known, curve], dim=1)
+        curves.append(curve)
     return curves[0], curves[1]
 
 

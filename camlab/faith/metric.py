@@ -114,6 +114,9 @@ class FaithfulnessMetrics(Metric):
             raise ValueError(f"road_noise must be >= 0, got {road_noise}")
         if score not in SCORES:
             raise ValueError(f"score must be one of {', '.join(SCORES)}; got {score!r}")
+        if score == "logit" and "drop_increase" in self.groups:
+            raise ValueError("score=logit with drop_increase: Average Drop divides by the score, which a logit can make "
+                             "negative; use score=softmax, or leave drop_increase out of metrics")
         if int(chunk) < 1:
             raise ValueError(f"chunk (images per forward pass) must be >= 1, got {chunk}")
         self.steps, self.insertion_substrate, self.deletion_substrate = int(steps), insertion_substrate, deletion_substrate
@@ -142,7 +145,7 @@ class FaithfulnessMetrics(Metric):
         if "insertion_deletion" in self.groups:
             row["insertion"], row["deletion"] = insertion_deletion(
                 model, images, maps, targets, self.steps, self.insertion_substrate, self.deletion_substrate,
-                self.score, self.chunk)
+                self.score, self.chunk, base=row["base"])
         if "road" in self.groups:
             row["morf"], row["lerf"] = road(model, images, maps, targets, self.road_percents, self.road_noise,
                                             index=index + self.seed * 1_000_000_007, score=self.score,

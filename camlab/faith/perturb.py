@@ -127,6 +127,13 @@ class _Level:
         if min(H, W) >= 2 * min_side:
             self.coarse = _Level(-F.max_pool2d(-removed, 2, ceil_mode=True), min_side)
 
+    def select(self, keep: Tensor) -> "_Level":
+        """The same hierarchy for the images ``keep`` only."""
+        out = object.__new__(_Level)
+        out.removed, out.diag, out.inv_diag = self.removed[keep], self.diag[keep], self.inv_diag[keep]
+        out.coarse = None if self.coarse is None else self.coarse.select(keep)
+        return out
+
     def apply(self, x: Tensor) -> Tensor:
         return _neighbour_sum(x).sub_(self.diag * x).mul_(self.removed).neg_()
 
@@ -154,11 +161,16 @@ class _Level:
 
 
 def _pcg(level: _Level, rhs: Tensor, tol: float, max_iter: int) -> Tensor:
-    """Conjugate gradients preconditioned by one V-cycle, every (image, channel) system at once, from x = 0."""
+    """Conjugate gradients preconditioned by one V-cycle, every (image, channel) system at once, from x = 0.
+
+    An image whose systems have all converged leaves the batch (its solution is final), so a chunk costs what its
+    systems need, not what its hardest one needs times the chunk size."""
     def dot(a: Tensor, b: Tensor) -> Tensor:
         return (a * b).sum(dim=(2, 3), keepdim=True)
 
     tiny = torch.finfo(rhs.dtype).tiny
+    out = torch.zeros_like(rhs)
+    live = torch.arange(rhs.shape[0], device=rhs.device)  # the images still iterating
     x = torch.zeros_like(rhs)
     r = rhs.clone()
     z = level.vcycle(r)
@@ -169,8 +181,14 @@ def _pcg(level: _Level, rhs: Tensor, tol: float, max_iter: int) -> Tensor:
         # a converged system stops moving (its residual zeroed): iterating it on would shrink its numbers into
         # float32 denormals, which the CPU computes two orders of magnitude slower
         active = dot(r, r) > stop
-        if not bool(active.any()):
-            break
+        going = active.flatten(1).any(dim=1)
+        if not bool(going.all()):
+            done = ~going
+            out[live[done]] = x[done]
+            if not bool(going.any()):
+                return out
+            live, x, r, p, rz, stop, active = (t[going] for t in (live, x, r, p, rz, stop, active))
+            level = level.select(going)
         q = level.apply(p)
         pq = dot(p, q)
         alpha = torch.where(active & (pq > 0), rz / pq.clamp_min(tiny), torch.zeros_like(pq))
@@ -181,7 +199,8 @@ def _pcg(level: _Level, rhs: Tensor, tol: float, max_iter: int) -> Tensor:
         beta = torch.where(rz > 0, rz_new / rz.clamp_min(tiny), torch.zeros_like(rz))
         p = z + beta * p
         rz = rz_new
-    return x
+    out[live] = x
+    return out
 
 
 def _solve(images: Tensor, removed: Tensor, tol: float, max_iter: int) -> Tensor:
