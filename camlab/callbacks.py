@@ -35,7 +35,7 @@ class CAMLocalization(L.Callback):
     bilinearly to the input size, min-max normalizes them and updates the metrics in
     :class:`camlab.wsol.WSOLMetrics`. Metrics are logged as ``<stage>/loc/<name>`` (e.g.
     ``val/loc/MaxBoxAccV2``, ``val/loc/PxAP``, ``val/loc/top1_loc``), in percent like the WSOL benchmark; with
-    ``pointing`` (on in camlab-eval) the map-only metrics of :mod:`camlab.wsol.pointing` as ``<stage>/faith/<name>``.
+    ``pointing`` (on by default) the map-only metrics of :mod:`camlab.wsol.pointing` as ``<stage>/faith/<name>``.
 
     Each epoch, rank 0 renders a fixed sample of images (the first ``num_overlays`` its validation loader
     yields; the loader does not shuffle, so the sample is the same every epoch) as a grid image under
@@ -87,7 +87,7 @@ class CAMLocalization(L.Callback):
         write_curves: bool = True,
         max_box_acc: tuple[str, ...] | list[str] | bool = ("test",),
         topk: tuple[int, ...] | list[int] = (1, 5),
-        pointing: bool = False,
+        pointing: bool = True,
         pointing_tolerance: float = 15.0,
         topk_pixels: int = 1000,
         cam_method: str = "cam",

@@ -246,18 +246,10 @@ def plot_curves(curves: dict[str, list[float]], path: str | Path, title: str = "
     >>> Image.open(p).size == PLOT_SIZE
     True
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    dpi = 100
-    fig = Figure(figsize=(PLOT_SIZE[0] / dpi, PLOT_SIZE[1] / dpi), dpi=dpi)
-    FigureCanvasAgg(fig)
-    bottom, top = 0.165, 0.85 if title else 0.9
+    fig, bottom, top = _figure(title)
     # the legend gets its own column right of the left panel: inside, it would hide part of some curve
     left = fig.add_axes((0.07, bottom, 0.40, top - bottom))
     right = fig.add_axes((0.705, bottom, 0.28, top - bottom))
-    if title:
-        fig.suptitle(title, fontsize=10)
 
     t = curves.get("threshold", [])
     ious: dict[str, str] = {}  # IoU -> colour, in the order the columns come
@@ -291,6 +283,20 @@ def plot_curves(curves: dict[str, list[float]], path: str | Path, title: str = "
     return path
 
 
+def _figure(title: str):
+    """A ``PLOT_SIZE`` matplotlib figure on an Agg canvas (no pyplot: safe off the main thread), its title set;
+    with the bottom and top of the panels' area."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    dpi = 100
+    fig = Figure(figsize=(PLOT_SIZE[0] / dpi, PLOT_SIZE[1] / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig, 0.165, 0.85 if title else 0.9
+
+
 def _style(ax, xlabel: str, ylabel: str, title: str, ylim: tuple[float, float]) -> None:
     pad = 0.02 * (ylim[1] - ylim[0])  # a line along 0 or the top stays visible
     ax.set_xlim(-0.01, 1.01)
@@ -313,16 +319,8 @@ def plot_faith_curves(tables: dict[str, dict[str, list[float]]], path: str | Pat
     >>> Image.open(p).size == PLOT_SIZE
     True
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    dpi = 100
-    fig = Figure(figsize=(PLOT_SIZE[0] / dpi, PLOT_SIZE[1] / dpi), dpi=dpi)
-    FigureCanvasAgg(fig)
-    bottom, top = 0.165, 0.85 if title else 0.9
+    fig, bottom, top = _figure(title)
     panels = (fig.add_axes((0.07, bottom, 0.38, top - bottom)), fig.add_axes((0.57, bottom, 0.38, top - bottom)))
-    if title:
-        fig.suptitle(title, fontsize=10)
     specs = (("insertion_deletion", "fraction", (("insertion", "insertion"), ("deletion", "deletion")),
               "fraction of pixels", "insertion / deletion"),
              ("road", "percent", (("road_morf", "MoRF"), ("road_lerf", "LeRF")), "pixels imputed (%)", "ROAD"))

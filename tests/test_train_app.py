@@ -61,6 +61,13 @@ def test_short_training_writes_metrics_checkpoints_and_overlays(tmp_path):
     assert (run_dir / "cams" / "overlay_epoch001.jpg").is_file()
     assert list((run_dir / "cams").glob("curves_val_epoch*.csv"))
     assert (run_dir / "cams" / "curves_val.png").is_file()
+    # the test split's model-based faithfulness: logged, curves per table, one plot
+    for key in ["test/faith/average_drop", "test/faith/insertion_auc", "test/faith/deletion_auc", "test/faith/road"]:
+        assert key in header, (key, header)
+    for name in ("insertion_deletion", "road"):
+        table = list((run_dir / "cams").glob(f"faith_{name}_test_epoch*.csv"))
+        assert len(table) == 1 and len(table[0].read_text().splitlines()) > 2, table
+    assert (run_dir / "cams" / "faith_test.png").is_file()
     for word in ["best checkpoint", "metrics.csv", "overlay_latest.jpg"]:
         assert word in res.stdout, res.stdout[-2000:]
 
