@@ -292,3 +292,14 @@ def test_resuming_with_more_steps_than_the_schedule_fails_before_training(tmp_pa
     assert describe_error(err.value, cfg).endswith("(config keys 'trainer.max_epochs', 'backbone.pretrained')")
     assert last.read_bytes() == before  # nothing trained, nothing overwritten
     assert not (tmp_path / "checkpoints" / "on_exception.ckpt").exists()  # the checkpoint it started from is it
+
+
+def test_many_kinds_of_garbage_are_one_unreadable_line(tmp_path):
+    """Random bytes reach different corners of torch's unpickler (IndexError, KeyError, ...): every seed is one line."""
+    import random
+
+    for seed in range(40):
+        garbage = tmp_path / f"garbage{seed}.pth"
+        garbage.write_bytes(random.Random(seed).randbytes(4096))
+        with pytest.raises(ConfigError, match=f"cannot read pretrained weights file '{garbage}'"):
+            load_state_dict_file(garbage)
