@@ -52,6 +52,12 @@ def run_app(module: str, fn: Any, cfg: DictConfig, failed_trial: Any = None) -> 
         raise SystemExit(err.exit_code) from None
     except Exception as err:  # noqa: BLE001
         message = describe_error(err, cfg)
+        if message is None and os.environ.get("HYDRA_FULL_ERROR") != "1" and peer_failed(err):
+            # the process that failed first printed its own line: this one only follows it (no gloo traceback)
+            print(f"camlab: error: another process of this DDP run stopped, so this one (rank "
+                  f"{os.environ.get('RANK', '?')}) stopped too; the first 'camlab: error' line above says why "
+                  f"({_first_line(err)})", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
         if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         if failed_trial is not None and isinstance(err, TrainingDiverged) and _in_sweep():
@@ -61,6 +67,26 @@ def run_app(module: str, fn: Any, cfg: DictConfig, failed_trial: Any = None) -> 
     finally:
         finish_experiment_trackers()
         cleanup_distributed()
+
+
+# what gloo / NCCL raise in a collective whose peer process has gone
+_PEER_GONE = re.compile(r"connection closed by peer|connection reset by peer|broken pipe|socket timeout|"
+                        r"communicator was aborted|gloo.*(closed|reset|timeout)", re.I)
+
+
+def peer_failed(err: BaseException) -> bool:
+    """Whether ``err`` is a collective failing because another process of the process group has gone."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    text = f"{type(err).__name__}: {err}"
+    return isinstance(err, (RuntimeError, OSError, ConnectionError)) and bool(_PEER_GONE.search(text))
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
 
 
 def describe_error(err: BaseException, cfg: DictConfig | None = None) -> str | None:
