@@ -10,7 +10,7 @@ from pathlib import Path
 WORKER = Path(__file__).with_name("_ddp_peer_worker.py")
 
 
-def test_the_surviving_rank_prints_one_line_not_glooss_traceback():
+def test_the_surviving_rank_prints_one_line_not_a_gloo_traceback():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
