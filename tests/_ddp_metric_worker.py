@@ -37,13 +37,13 @@ def images_of(index: torch.Tensor, H: int, W: int) -> torch.Tensor:
                         for i in index.tolist()])
 
 
-def evaluate(indices: list[int], distinct_index: bool = False) -> dict:
+def evaluate(indices: list[int], distinct_index: bool = False, faith: bool = True) -> dict:
     """Update WSOLMetrics over the given samples of the N-sample set, batches of 4; report.
 
     ``distinct_index`` labels each update position with its own index, so repeated samples count twice."""
     data = make_dataset(n=N, seed=5, fit=True)
     metrics = WSOLMetrics(cam_thresholds=0.02, masks=True, topk=(1, 5), pointing=True)
-    faith = FaithfulnessMetrics(steps=4, road_percents=(25, 75), chunk=5)
+    faith_metrics = FaithfulnessMetrics(steps=4, road_percents=(25, 75), chunk=5) if faith else None
     model = RowModel()
     for s in range(0, len(indices), 4):
         idx = torch.tensor(indices[s : s + 4])
@@ -51,13 +51,15 @@ def evaluate(indices: list[int], distinct_index: bool = False) -> dict:
         if distinct_index:
             batch["index"] = torch.arange(s, s + len(idx))
         metrics.update(**batch)
-        cams = batch["cams"]
-        faith.update(model, images_of(idx, *cams.shape[-2:]), cams, batch["labels"], batch["index"])
+        if faith_metrics is not None:
+            cams = batch["cams"]
+            faith_metrics.update(model, images_of(idx, *cams.shape[-2:]), cams, batch["labels"], batch["index"])
     report = metrics.report()  # one gather of the rows of every rank
     results = metrics.compute()
-    faith_report = faith.report()
-    results.update({f"faith/{k}": torch.tensor(v, dtype=torch.float64) for k, v in faith_report.scalars.items()})
-    report.add_columns(faith_report.rows["index"], faith_report.columns())
+    if faith_metrics is not None:
+        faith_report = faith_metrics.report()
+        results.update({f"faith/{k}": torch.tensor(v, dtype=torch.float64) for k, v in faith_report.scalars.items()})
+        report.add_columns(faith_report.rows["index"], faith_report.columns())
     rows = {k: torch.from_numpy(v.copy()) for k, v in report.rows.items()}  # tensors: torch.load(weights_only)
     return {"results": results, "curves": report.curves, "rows": rows, "per_image": report.per_image(),
             "seen": len(indices)}
