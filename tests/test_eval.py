@@ -12,17 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _tiny_checkpoint import DATA, composed, tiny_checkpoint
+from _tiny_checkpoint import DATA, composed
 from camlab.eval import evaluate
 from camlab.errors import ConfigError
 
 EVAL = [*DATA, "callbacks=[cam_localization]", "callbacks.cam_localization.num_overlays=2",
         "callbacks.cam_localization.write_curves=false"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from _tiny_checkpoint import tiny_checkpoint
 from camlab.predict import main
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="module")
