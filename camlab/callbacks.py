@@ -15,8 +15,9 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from camlab.atomic import write_bytes
 from camlab.cam import upsample
-from camlab.cam_methods import check_method, compute_cams
+from camlab.cam_methods import check_method, check_options, compute_cams
 from camlab.faith import FaithfulnessMetrics
 from camlab.worker import UpdateWorker
 from camlab.wsol import ScoreMaps, WSOLMetrics, WSOLReport, boxes_at_threshold
@@ -50,6 +51,12 @@ class CAMLocalization(L.Callback):
     validation epoch. ``last_reports[stage]`` keeps the last epoch's :class:`camlab.wsol.WSOLReport` (scalars,
     curves, per-image rows) for :class:`camlab.per_image.PerImageWriter`.
 
+    The protocol's thresholds (Choe et al., CVPR 2020): every validation epoch records the CAM thresholds where its
+    curves peak (``val_thresholds``, :meth:`camlab.wsol.WSOLReport.chosen_thresholds`); they are part of this
+    callback's checkpoint state, so a checkpoint carries those of its own validation epoch, and the test split is
+    also scored at them: ``test/loc/MaxBoxAccV2@val``, ``test/loc/top1_loc@val``, ``test/loc/PIoU@val`` ... next to
+    the oracle numbers, which take the test split's own best thresholds.
+
     ``faithfulness`` (a mapping: ``stages``, by default ``[test]``, plus the arguments of
     :class:`camlab.faith.FaithfulnessMetrics`) runs the model-based faithfulness metrics on those stages: Average
     Drop / Increase in Confidence, insertion / deletion and ROAD of the same maps, with extra forward passes of the
@@ -60,7 +67,8 @@ class CAMLocalization(L.Callback):
     ``cam_method`` picks how the maps are built from those features (:data:`camlab.cam_methods.METHODS`):
     ``"cam"`` (the linear head's CAM), ``"gradcam"``, ``"gradcam_pp"``, ``"xgradcam"``, ``"layercam"``; the
     gradient methods re-run only the pooling + head with autograd (see :mod:`camlab.cam_methods`). Metrics,
-    curves and overlays all use the same method.
+    curves and overlays all use the same method. ``cam_options``: the method's options (the ``cam_method`` config
+    group's keys besides ``name``, e.g. Score-CAM's ``batch_size``; :func:`camlab.cam_methods.check_options`).
 
     ``background=True`` (the default): the main thread only builds and upsamples the CAMs (torch); their
     normalization, the metric updates and the overlay grid (render + encode) run on one worker thread
@@ -91,6 +99,7 @@ class CAMLocalization(L.Callback):
         pointing_tolerance: float = 15.0,
         topk_pixels: int = 1000,
         cam_method: str = "cam",
+        cam_options: dict | None = None,
         background: bool = True,
         overlay_format: str = "jpg",
         parallel: bool | str = "auto",
@@ -101,6 +110,15 @@ class CAMLocalization(L.Callback):
             raise ValueError(f"cam_threshold must be in [0, 1), got {cam_threshold}")
         self.cam_threshold = float(cam_threshold)
         self.iou_threshold = float(iou_threshold)
+        if not 0.0 < self.iou_threshold <= 1.0:  # 50 (a percent) would count no hit: a silently wrong GT-known loc
+            raise ValueError(f"iou_threshold is a fraction in (0, 1], e.g. 0.5 (iou_thresholds are percents); got "
+                             f"{iou_threshold}")
+        for name, flag in (("log_images", log_images), ("write_curves", write_curves), ("pointing", pointing),
+                           ("background", background)):
+            if not isinstance(flag, bool):  # bool("no") is True
+                raise ValueError(f"{name} must be true or false, got {flag!r}")
+        if isinstance(num_overlays, bool) or not isinstance(num_overlays, int) or num_overlays < 0:
+            raise ValueError(f"num_overlays must be an integer >= 0, got {num_overlays!r}")
         self.grid_interval = float(grid_interval)
         if not 0.0 < self.grid_interval < 1.0:
             raise ValueError(f"grid_interval (the CAM threshold step) must be in (0, 1), e.g. 0.01; got {grid_interval}")
@@ -123,6 +141,8 @@ class CAMLocalization(L.Callback):
             raise ValueError(f"pointing_tolerance must be >= 0 px and topk_pixels >= 1, got {pointing_tolerance}, "
                              f"{topk_pixels}")
         self.cam_method = check_method(cam_method)
+        self.cam_options = check_options(self.cam_method, {k: v for k, v in dict(cam_options or {}).items()
+                                                           if k != "name"})
         self.background = bool(background)
         fmt = str(overlay_format).lower().removeprefix(".")
         if fmt not in ("jpg", "jpeg", "png"):
@@ -165,6 +185,9 @@ class CAMLocalization(L.Callback):
         #: maps made elsewhere, scored instead of the model's: an object with ``for_batch(index, (H, W))`` ->
         #: (B, H, W) float maps (:class:`camlab.external.ExternalMaps`); None = the model's ``cam_method`` maps
         self.map_source = None
+        #: the CAM thresholds chosen on the last validation epoch (applied to the test split) and that epoch
+        self.val_thresholds: dict[str, float] = {}
+        self.val_thresholds_epoch: int | None = None
 
     # ---- metric objects ------------------------------------------------------------------------------
     def _new_metrics(self, stage: str) -> WSOLMetrics:
@@ -224,6 +247,31 @@ class CAMLocalization(L.Callback):
             else:
                 plot_curves(curves, self.output_dir / f"curves_{name}.png", title=f"{name} epoch {epoch}")
 
+    def state_dict(self) -> dict[str, Any]:
+        """The val-chosen CAM thresholds, saved in checkpoints (a checkpoint's test split is scored at its own)."""
+        return {"val_thresholds": dict(self.val_thresholds), "val_epoch": self.val_thresholds_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.map_source is None:  # chosen on the model's own maps: not for maps made elsewhere
+            self.load_val_thresholds(state_dict.get("val_thresholds") or {}, state_dict.get("val_epoch"))
+
+    def load_val_thresholds(self, thresholds: dict[str, float], epoch: int | None = None) -> None:
+        """Use ``thresholds`` (e.g. a checkpoint's) for the test split's ``@val`` numbers; they must lie on this
+        callback's threshold grid."""
+        from camlab.errors import ConfigError
+        from camlab.wsol import resolve_thresholds
+        from camlab.wsol.functional import threshold_index
+
+        grid = resolve_thresholds(self.grid_interval)
+        for name, value in thresholds.items():
+            try:
+                threshold_index(grid, value)
+            except ValueError:
+                raise ConfigError(f"the val-chosen CAM threshold {name}={value} is not on the grid of grid_interval="
+                                  f"{self.grid_interval:g}: use the grid_interval it was chosen with",
+                                  settings=["grid_interval"]) from None
+        self.val_thresholds, self.val_thresholds_epoch = dict(thresholds), epoch
+
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._worker.close(raise_errors=False)  # the run is failing already: stop the worker quietly
 
@@ -252,7 +300,7 @@ class CAMLocalization(L.Callback):
         # second OpenMP team; libgomp then counts more threads than CPUs and throttles its spin-waiting, which slows
         # the training epochs (benchmarks/METRICS_NOTES.md).
         with torch.no_grad():
-            maps = self._cam_maps(pl_module, outputs["features"], outputs["logits"], part, size, take)
+            maps = self._cam_maps(pl_module, outputs["features"], outputs["logits"], part, size, take, batch["image"])
         if stage in self._faith:
             self._faith_update(stage, trainer, pl_module, batch["image"], maps[0], part)
         work = BatchWork(stage, pl_module, outputs["logits"], part, take, *maps)
@@ -274,7 +322,7 @@ class CAMLocalization(L.Callback):
         with (context() if context else torch.no_grad()), torch.no_grad():
             self._faith[stage].update(pl_module, images, maps, part["label"], part["index"])
 
-    def _cam_maps(self, pl_module, features, logits, part, size, take) -> tuple:
+    def _cam_maps(self, pl_module, features, logits, part, size, take, images=None) -> tuple:
         """(B, H, W) raw upsampled maps of the GT classes, and those of the predicted classes of the first
         ``take`` images with their softmax scores and classes (for the overlays)."""
         features, logits = features.float(), logits.float()
@@ -284,11 +332,12 @@ class CAMLocalization(L.Callback):
                 return maps, None, None, None
             score, pred = logits[:take].softmax(dim=1).max(dim=1)
             return maps, maps[:take], score, pred
-        maps = upsample(self._raw_cams(pl_module, features, part["label"]), size)
+        maps = upsample(self._raw_cams(pl_module, features, part["label"], images), size)
         if not take:
             return maps, None, None, None
         score, pred = logits[:take].softmax(dim=1).max(dim=1)
-        return maps, upsample(self._raw_cams(pl_module, features[:take], pred), size), score, pred
+        return maps, upsample(self._raw_cams(pl_module, features[:take], pred,
+                                             None if images is None else images[:take]), size), score, pred
 
     def _update(self, work: "BatchWork") -> None:
         """One batch's normalization, metric updates and overlays: on the worker thread when ``background=True``.
@@ -314,10 +363,12 @@ class CAMLocalization(L.Callback):
                 self._add_overlays(part["overlay_images"], work.pred_maps, gt, part["label"][:take], work.pred,
                                    work.score, part["index"][:take], part["overlay_meta"])
 
-    def _raw_cams(self, pl_module: L.LightningModule, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    def _raw_cams(self, pl_module: L.LightningModule, features: torch.Tensor, classes: torch.Tensor,
+                  images: torch.Tensor | None = None) -> torch.Tensor:
         if self.cam_method == "cam":
             return pl_module.cam(features, classes)  # (B, h, w): the default path, one einsum
-        return compute_cams(pl_module, features, classes, self.cam_method)  # (B, h, w)
+        return compute_cams(pl_module, features, classes, self.cam_method, images=images,
+                            options=self.cam_options)  # (B, h, w)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if trainer.sanity_checking:
@@ -343,6 +394,12 @@ class CAMLocalization(L.Callback):
             report.add_columns(faith.rows["index"], faith.columns())
             faith_curves = faith.curves
             self._faith[stage].reset()
+        if stage == "val":
+            self.val_thresholds, self.val_thresholds_epoch = report.chosen_thresholds(), trainer.current_epoch
+        elif self.val_thresholds:
+            at_val = report.at_thresholds(self.val_thresholds)
+            values.update(at_val)
+            report.scalars.update(at_val)
         self.last_results[stage], self.last_reports[stage] = values, report
         pl_module.log_dict({(f"{stage}/{k}" if k.startswith("faith/") else f"{stage}/loc/{k}"): v
                             for k, v in values.items()}, sync_dist=False)
@@ -396,8 +453,8 @@ class CAMLocalization(L.Callback):
             self.output_dir.mkdir(parents=True, exist_ok=True)
             fmt = self.overlay_format
             data = encode_png(np.asarray(grid)) if fmt == "png" else encode_jpeg(np.asarray(grid))
-            (self.output_dir / f"overlay_epoch{epoch:03d}.{fmt}").write_bytes(data)
-            (self.output_dir / f"overlay_latest.{fmt}").write_bytes(data)
+            write_bytes(self.output_dir / f"overlay_epoch{epoch:03d}.{fmt}", data)  # atomic: no partial image
+            write_bytes(self.output_dir / f"overlay_latest.{fmt}", data)
         return grid
 
     @rank_zero_only

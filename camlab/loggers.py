@@ -3,17 +3,21 @@
 Lightning's ``CSVLogger`` deletes an existing ``metrics.csv`` when its directory is reused, so a run resumed
 in its own run dir (``ckpt_path=last``, a requeued SLURM job) would silently lose every row logged before the
 interruption. ``CSVLogger`` here keeps them and appends; rows logged between the last checkpoint and the
-interruption stay too (the resumed run logs those steps again after them).
+interruption stay too (the resumed run logs those steps again after them). Where the file is rewritten (a new
+metric widens the header) the new file replaces the old one atomically: a full disk never loses the old rows.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_warn
+
+from camlab.atomic import write_text
 
 
 class AppendingExperimentWriter(ExperimentWriter):
@@ -41,9 +45,26 @@ class AppendingExperimentWriter(ExperimentWriter):
             cut = text.rfind("\n") + 1
             rank_zero_warn(f"{self.metrics_file_path}: dropped an incomplete last line {text[cut:][:80]!r}")
             text = text[:cut]
+            self._write_whole(text)
+        self.metrics_keys = next(csv.reader(text.splitlines()), [])
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        # Lightning rewrites the file in place when a new metric appears: a full disk there would lose every row
+        # logged before. The new file is written beside it and renamed over it (camlab.atomic).
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            rows = list(csv.DictReader(file))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+        self._write_whole(buffer.getvalue())
+
+    def _write_whole(self, text: str) -> None:
+        if "://" in str(self.metrics_file_path):  # a remote filesystem (fsspec): no rename there
             with self._fs.open(self.metrics_file_path, "w", newline="") as file:
                 file.write(text)
-        self.metrics_keys = next(csv.reader(text.splitlines()), [])
+            return
+        write_text(self.metrics_file_path, text, newline="")
 
 
 class CSVLogger(_LightningCSVLogger):

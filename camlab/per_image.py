@@ -18,6 +18,7 @@ uint8 GT-class score maps the metrics threshold, ``cam_raw`` = the raw maps at f
 overlay PNG per image under ``cam_pngs/<index>.png`` (the GT class's CAM, GT boxes in green, the GT-known box in
 red). With external maps (``camlab-eval ckpt_path=... maps=...``: the callback's ``map_source``) those are the maps
 written, ``cam_raw`` then at the input size. :func:`write_per_image_csv` writes the CSV for both camlab-eval paths.
+Every file is written atomically (:mod:`camlab.atomic`): a failed write leaves no partial file.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from camlab.atomic import atomic_write
 from camlab.cam import upsample
 from camlab.cam_methods import compute_cams
 from camlab.callbacks import CAMLocalization
@@ -71,7 +73,7 @@ def write_per_image_csv(path: str | Path, report: WSOLReport, class_names: Seque
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         for r in rows:
@@ -138,7 +140,8 @@ class PerImageWriter(L.Callback):
                 maps = ScoreMaps.normalize(raw)
             else:
                 raw = (pl_module.cam(features, labels) if source.cam_method == "cam"
-                       else compute_cams(pl_module, features, labels, source.cam_method))  # (B, h, w)
+                       else compute_cams(pl_module, features, labels, source.cam_method, images=batch["image"],
+                                         options=source.cam_options))  # (B, h, w)
                 maps = ScoreMaps.normalize(upsample(raw, size))  # as the metrics' maps
         iou, box = loc_ious(maps, batch["boxes"], batch["num_boxes"], source.cam_threshold)  # the GT-known box
         score, pred = outputs["logits"].float().softmax(dim=1).max(dim=1)
@@ -190,9 +193,10 @@ class PerImageWriter(L.Callback):
         self.written = {"csv": csv_path}
         if self.save_cams and cams:
             npz = self.output_dir / "cams.npz"
-            np.savez_compressed(npz, index=np.array([c["index"] for c in cams]),
-                                label=np.array([c["label"] for c in cams]), pred=np.array([c["pred"] for c in cams]),
-                                cam=np.stack([c["cam"] for c in cams]), cam_raw=np.stack([c["cam_raw"] for c in cams]))
+            with atomic_write(npz, "wb") as f:
+                np.savez_compressed(f, index=np.array([c["index"] for c in cams]),
+                                    label=np.array([c["label"] for c in cams]), pred=np.array([c["pred"] for c in cams]),
+                                    cam=np.stack([c["cam"] for c in cams]), cam_raw=np.stack([c["cam_raw"] for c in cams]))
             self.written.update(npz=npz, png_dir=self.output_dir / "cam_pngs")
         log.info("per-image rows: %d images -> %s", n, csv_path)
 
@@ -211,4 +215,5 @@ class PerImageWriter(L.Callback):
                 image=denormalize(images[i], mean, std), cam=maps.maps[i], gt_boxes=gt,
                 pred_box=prediction_to_xyxy(box[i]), label=names[label] if names else str(label),
                 pred=names[p] if names else str(p), score=float(score[i]), index=index)
-            render_panel(sample).save(out / f"{index:06d}.png", compress_level=1)
+            with atomic_write(out / f"{index:06d}.png", "wb") as f:
+                render_panel(sample).save(f, format="PNG", compress_level=1)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 import re
 import sys
@@ -53,7 +52,8 @@ def list_images(inputs: Sequence[str]) -> list[Path]:
         refuse_url(item)
         p = Path(item)
         if p.is_dir():
-            files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            # a broken link is listed too: reported as unreadable, not skipped without a word
+            files = sorted(f for f in p.iterdir() if (f.is_file() or f.is_symlink()) and f.suffix.lower() in IMAGE_SUFFIXES)
             hidden = [f for f in files if f.name.startswith(".")]
             found = [f for f in files if not f.name.startswith(".")]
             if hidden:
@@ -88,13 +88,14 @@ def read_image_oriented(path: Path) -> tuple[np.ndarray, int]:
 
 
 def _write_atomic(path: Path, write: Any) -> None:
-    """``write(tmp)`` then rename over ``path``: a full disk leaves no partial file; a PredictError names it."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """``write(file)`` into a temporary file renamed over ``path`` (:mod:`camlab.atomic`): a full disk leaves no
+    partial file; a PredictError names it."""
+    from camlab.atomic import atomic_write
+
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        with atomic_write(path, "wb") as f:
+            write(f)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise PredictError(f"cannot write {path}: {err.strerror or err}; free disk space or choose another --out "
                            f"directory") from None
 
@@ -142,11 +143,17 @@ def _unique_name(path: Path, used: set[str]) -> str:
 
 
 def predict(model: Any, paths: Sequence[Path], out_dir: Path, topk: int = 3, threshold: float = 0.2,
-            device: str = "cpu", batch_size: int = 16, cam_method: str = "cam") -> dict[str, Any]:
-    """Predict every image, write overlays and ``predictions.json``; returns the JSON document."""
+            device: str = "cpu", batch_size: int = 16, cam_method: str = "cam",
+            cam_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Predict every image, write overlays and ``predictions.json``; returns the JSON document.
+
+    ``cam_options``: the CAM method's options (:func:`camlab.cam_methods.check_options`)."""
     import torch
 
     from camlab.cam import minmax_normalize, upsample
+    from camlab.cam_methods import check_options
+
+    cam_options = check_options(cam_method, cam_options)
     from camlab.wsol import scoremap_to_uint8
     from camlab.viz import render_prediction
 
@@ -181,7 +188,7 @@ def predict(model: Any, paths: Sequence[Path], out_dir: Path, topk: int = 3, thr
             out = model(x)
             probs = out["logits"].float().softmax(dim=1)  # (B, C)
             scores, classes = probs.topk(k, dim=1)  # (B, k), (B, k)
-            raw = _raw_cams(model, out["features"].float(), classes, cam_method)  # (B, k, h', w')
+            raw = _raw_cams(model, out["features"].float(), classes, cam_method, x, cam_options)  # (B, k, h', w')
             b, _, fh, fw = raw.shape
             maps = minmax_normalize(upsample(raw.reshape(b * k, fh, fw), spec.size_hw))  # (B k, h, w)
             u8 = scoremap_to_uint8(maps.cpu().numpy()).reshape(b, k, *spec.size_hw)  # (B, k, h, w)
@@ -199,7 +206,7 @@ def predict(model: Any, paths: Sequence[Path], out_dir: Path, topk: int = 3, thr
             name = _unique_name(path, used)
             overlay = out_dir / f"{name}_cam.png"
             picture = render_prediction(image, cam_full, top["box"], f"{top['name']} {top['score']:.2f}")
-            _write_atomic(overlay, lambda tmp: picture.save(tmp, format="PNG"))
+            _write_atomic(overlay, lambda f: picture.save(f, format="PNG"))
             entries.append({"image": str(path), "width": W, "height": H, "overlay": overlay.name,
                             "predictions": preds})
     doc = {
@@ -213,17 +220,29 @@ def predict(model: Any, paths: Sequence[Path], out_dir: Path, topk: int = 3, thr
         "exif_oriented": oriented,
     }
     text = json.dumps(doc, indent=2) + "\n"
-    _write_atomic(out_dir / "predictions.json", lambda tmp: tmp.write_text(text))
+    _write_atomic(out_dir / "predictions.json", lambda f: f.write(text.encode()))
     return doc
 
 
-def _raw_cams(model: Any, features, classes, method: str):
-    """``(B, K, h, w)`` features, ``(B, k)`` classes -> ``(B, k, h, w)`` raw maps."""
+def _raw_cams(model: Any, features, classes, method: str, images=None, options=None):
+    """``(B, K, h, w)`` features, ``(B, k)`` classes -> ``(B, k, h, w)`` raw maps (``images``: their input)."""
     if method == "cam":
         return model.cam(features, classes)
     from camlab.cam_methods import compute_cams
 
-    return compute_cams(model, features, classes, method)
+    return compute_cams(model, features, classes, method, images=images, options=options)
+
+
+def _cam_option(value: str) -> tuple[str, int | float]:
+    """argparse type: ``KEY=NUMBER`` -> (key, int or float); the method checks the key and the value."""
+    key, sep, text = value.partition("=")
+    try:
+        number = int(text) if re.fullmatch(r"[+-]?\d+", text.strip()) else float(text)
+    except ValueError:
+        number = None
+    if not sep or not key or number is None:
+        raise argparse.ArgumentTypeError(f"expected KEY=NUMBER (e.g. batch_size=32), got '{value}'")
+    return key.strip(), number
 
 
 def _positive_int(value: str) -> int:
@@ -343,6 +362,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    "cuda if available, else cpu)")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--cam-method", default="cam", choices=METHODS, help="how maps are built (default cam)")
+    p.add_argument("--cam-option", type=_cam_option, action="append", default=[], metavar="KEY=NUMBER",
+                   help="an option of the CAM method, repeatable: scorecam/ablationcam batch_size, smoothgradcampp "
+                        "n_samples, sigma, seed (docs/cam-methods.md)")
     return p.parse_args(argv)
 
 
@@ -356,6 +378,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise PredictError("give a model file and at least one image or folder: camlab-predict MODEL IMAGE...")
         source = inputs.pop(0)
     refuse_url(source, "model file")
+    if Path(source).is_dir():
+        hint = next((f" (e.g. {c})" for c in (Path(source) / "checkpoints" / "last.ckpt", Path(source) / "last.ckpt")
+                     if c.is_file()), "")
+        raise PredictError(f"model file {source} is a directory: give the checkpoint file itself{hint}")
     if not Path(source).is_file():
         raise PredictError(f"model file {source} not found (a camlab-train checkpoint, or --torchvision ARCH "
                            f"--weights <state dict>)")
@@ -371,7 +397,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = _load_model(source, args)
     model.source = str(source)
     doc = predict(model, paths, Path(args.out), topk=args.topk, threshold=args.threshold, device=device,
-                  batch_size=args.batch_size, cam_method=args.cam_method)
+                  batch_size=args.batch_size, cam_method=args.cam_method, cam_options=dict(args.cam_option))
     out = Path(args.out)
     done = len(doc["images"])
     print(f"camlab: {done} image(s) -> {out / 'predictions.json'} and {out}/<name>_cam.png", flush=True)

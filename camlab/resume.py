@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from camlab.atomic import atomic_write
 from camlab.errors import OutputError, TrainingDiverged
 
 log = logging.getLogger("camlab.resume")
@@ -155,21 +155,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
+            with atomic_write(path, "wb", fsync=True) as f:
                 torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             raise OutputError(f"cannot write checkpoint {path}: {err.strerror or err}; {write_advice(err)} "
                               f"(the checkpoints written before are intact)") from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
 
 def use_atomic_checkpoints(trainer: L.Trainer) -> None:

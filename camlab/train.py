@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from camlab.errors import ConfigError, RunInterrupted
 from camlab.resume import FailureCheckpoint, last_checkpoint, use_atomic_checkpoints
 from camlab.runtime.app import run_app
-from camlab.runtime.config import instantiate_group, resolve_ckpt_path
+from camlab.runtime.config import check_flags, instantiate_group, resolve_ckpt_path
 from camlab.runtime.process import configure_process
 from camlab.runtime.summary import print_run_summary
 from camlab.runtime.trackers import configure_wandb
@@ -74,6 +74,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:  # Lightning's: a SystemExit without a code, which would exit 0
         raise RunInterrupted(_interrupted_message(trainer)) from None
+    except SystemExit as err:  # Lightning ends Ctrl-C with sys.exit(1), after the failure checkpoint is saved
+        if not isinstance(err.__context__, KeyboardInterrupt):
+            raise
+        raise RunInterrupted(_interrupted_message(trainer, "SIGINT (Ctrl-C)"), exit_code=130) from None
     except RuntimeError as err:
         if not ckpt_path or "Error(s) in loading state_dict" not in str(err):
             raise
@@ -93,8 +97,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def _interrupted_message(trainer) -> str:
-    """Where a run stopped by SIGTERM left its state, and how to continue."""
+def _interrupted_message(trainer, signal_name: str = "SIGTERM") -> str:
+    """Where a run stopped by a signal left its state, and how to continue."""
     where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
     saved = next((cb.saved for cb in trainer.callbacks if isinstance(cb, FailureCheckpoint) and cb.saved), None)
     last = last_checkpoint(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else None
@@ -104,11 +108,12 @@ def _interrupted_message(trainer) -> str:
         keep = f"continue from its last epoch with ckpt_path={last} (or rerun in the same run dir)"
     else:
         keep = "no checkpoint was written yet"
-    return f"stopped by SIGTERM at {where}; {keep}"
+    return f"stopped by {signal_name} at {where}; {keep}"
 
 
 def check_run_numbers(cfg: DictConfig) -> None:
-    """Integers the run needs before anything is built: ``seed``, ``trainer.max_epochs``/``max_steps``."""
+    """Values the run needs before anything is built: integers ``seed``, ``trainer.max_epochs``/``max_steps``;
+    booleans ``train``, ``test``, ``tune_malloc``."""
     checks = [("seed", cfg.get("seed"))]
     trainer = cfg.get("trainer") or {}
     checks += [(f"trainer.{k}", trainer.get(k)) for k in ("max_epochs", "max_steps")]
@@ -117,6 +122,7 @@ def check_run_numbers(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         if key.startswith("trainer.") and value is not None and value < -1:
             raise ConfigError(f"{key} must be >= -1 (-1: no limit), got {value}")
+    check_flags(cfg, ("train", "test", "tune_malloc"))
 
 
 def check_checkpoint_file(path: str, where: str = "ckpt_path") -> None:

@@ -5,6 +5,8 @@
 * their JPEG / PNG bytes, and ``wandb.Image`` objects with the boxes as W&B box annotations;
 * the per-threshold curve table of the localization metrics: a CSV and a two-panel matplotlib plot.
 
+Every file is written atomically (:mod:`camlab.atomic`): a failed write leaves the previous file, never a partial one.
+
 Everything here may run on a background thread: no pyplot (its figure registry is global state), one PIL
 font per thread, and matplotlib's own font cache is keyed by thread.
 """
@@ -22,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
+
+from camlab.atomic import atomic_write
 
 GT_COLOR = (0, 230, 0)
 PRED_COLOR = (255, 40, 40)
@@ -120,7 +124,10 @@ def render_grid(samples: Sequence[OverlaySample], ncols: int = 4, size: int = 16
 def save_grid(samples: Sequence[OverlaySample], path: str | Path, ncols: int = 4, size: int = 160) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    render_grid(samples, ncols=ncols, size=size).save(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    grid = render_grid(samples, ncols=ncols, size=size)
+    with atomic_write(path, "wb") as f:
+        grid.save(f, format=fmt)
     return path
 
 
@@ -216,7 +223,7 @@ def write_curves_csv(curves: dict[str, list[float]], path: str | Path) -> Path:
     """
     path = Path(path)
     cols = list(curves)
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for row in zip(*(curves[c] for c in cols)):
@@ -279,7 +286,8 @@ def plot_curves(curves: dict[str, list[float]], path: str | Path, title: str = "
         right.text(0.5, 0.5, "no pixel masks:\nno precision-recall curve", ha="center", va="center", fontsize=8,
                    color="0.4", transform=right.transAxes)
     path = Path(path)
-    fig.savefig(path, format="png", pil_kwargs={"compress_level": 1})
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", pil_kwargs={"compress_level": 1})
     return path
 
 
@@ -339,5 +347,6 @@ def plot_faith_curves(tables: dict[str, dict[str, list[float]]], path: str | Pat
             ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0", "25", "50", "75", "100"])
         ax.legend(loc="best", fontsize=7, frameon=False)
     path = Path(path)
-    fig.savefig(path, format="png", pil_kwargs={"compress_level": 1})
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", pil_kwargs={"compress_level": 1})
     return path

@@ -1,4 +1,4 @@
-"""One rank of the failing-peer check (launched twice by tests/test_hostile2_ddp.py).
+"""One rank of the failing-peer check (launched twice by tests/hostile/test_ddp.py).
 
 Usage: python tests/_ddp_peer_worker.py RANK PORT. Both ranks join a gloo group inside ``run_app``; rank 1 fails
 with a user error before the collective, rank 0 waits in an all-reduce that loses its peer.

@@ -17,6 +17,11 @@ from camlab.models.backbones import Backbone, available_backbones, create_backbo
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "conf" / "backbone").glob("*.yaml"))
 RELU_ENDED = ("tiny_cnn", "resnet", "vgg16_gap", "inception_v3")  # last op is a ReLU (or concat of ReLUs)
+# conf/backbone/timm.yaml (a timm resnet18) with other small timm models at random init: two more CNN families (the
+# post-pooling conv_head / head norm removed; ConvNeXt's floor-mode stem) and a ViT (patch tokens on their grid).
+TIMM_MODELS = ["mobilenetv3_small_100", "convnext_atto", "deit_tiny_patch16_224"]
+CASES = [(f, {}) for f in CONFIGS] + [(CONFIGS[[f.stem for f in CONFIGS].index("timm")], {"model_name": m})
+                                      for m in TIMM_MODELS]
 
 
 @pytest.fixture(autouse=True)
@@ -39,10 +44,11 @@ def test_configs_exist_and_match_registry():
         assert f.stem == OmegaConf.load(f).name
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[f.stem for f in CONFIGS])
-def test_backbone_contract(config):
+@pytest.mark.parametrize(("config", "options"), CASES,
+                         ids=[f.stem + "".join(f"-{v}" for v in o.values()) for f, o in CASES])
+def test_backbone_contract(config, options):
     torch.manual_seed(0)
-    cfg = OmegaConf.load(config)
+    cfg = OmegaConf.merge(OmegaConf.load(config), options)
     backbone = hydra.utils.instantiate(cfg)
     assert isinstance(backbone, Backbone)
     k, stride, min_size = backbone.num_features, backbone.stride, backbone.min_input_size
@@ -69,6 +75,8 @@ def test_backbone_contract(config):
     (feats.float() ** 2).mean().backward()
     grad = first_conv.weight.grad
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    # every trainable parameter is part of the features (DDP's default needs a gradient for each)
+    assert [n for n, p in backbone.named_parameters() if p.requires_grad and p.grad is None] == []
 
     # Smallest accepted input gives at least a 1×1 map; one pixel less is refused clearly.
     backbone.eval()

@@ -4,10 +4,15 @@ single-process localization metrics (DistributedSampler pads 41 samples to 42; c
 from __future__ import annotations
 
 import csv
+import math
+import os
 from pathlib import Path
 
+import lightning.pytorch as L
 import pytest
+import torch
 
+from camlab.methods.base import step_seed
 from test_train_app import TINY, only_dir, run
 
 
@@ -62,3 +67,49 @@ def test_multirun_times_ddp_runs_each_job_once_with_both_ranks_in_its_dir(tmp_pa
             line = next(ln for ln in text.splitlines() if f"rank {rank} overrides:" in ln)
             assert f"model.optimizer.lr={lr}" in line, line
         assert (job / "csv" / "metrics.csv").is_file()
+
+
+class SeenZeros(L.Callback):
+    """Test-only: each rank saves which pixels of its training batches reached the backbone as 0 (HaS's hidden
+    cells: no normalized synthetic pixel is exactly 0), with the epoch and batch index, in the job's dir."""
+
+    def on_fit_start(self, trainer, pl_module):
+        self.rows, self.step = [], None
+        pl_module.backbone.register_forward_pre_hook(self._seen)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.step = (trainer.current_epoch, batch_idx)
+
+    def _seen(self, module, args):
+        if module.training and self.step is not None:
+            self.rows.append((*self.step, (args[0] == 0).all(dim=1)))  # (B, H, W)
+            self.step = None
+
+    def on_fit_end(self, trainer, pl_module):
+        out = Path(pl_module.run_config["paths"]["output_dir"]) / f"seen_zeros_rank{trainer.global_rank}.pt"
+        torch.save(self.rows, out)
+
+
+@pytest.mark.slow
+def test_ddp_trains_a_data_side_and_a_module_side_wsol_method_with_per_rank_seeds(tmp_path):
+    env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")])}
+    args = ["-m", "wsol=has,spg", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "debug=limit",
+            "trainer.max_epochs=1", "trainer.limit_train_batches=2", "test=false", "data.image_size=32",
+            "backbone.width=4", "data.num_train=64", "data.num_val=16", "data.batch_size=8", "logger=csv",
+            "callbacks=[resume,cam_localization]", "callbacks.cam_localization.num_overlays=0",
+            "callbacks.cam_localization.write_curves=false", "+callbacks.seen._target_=test_ddp_train.SeenZeros"]
+    res = run(args, cwd=tmp_path, env=env, timeout=500)
+    assert res.returncode == 0, res.stderr[-3000:]
+    has, spg = sorted(p for p in only_dir(tmp_path / "outputs" / "train" / "multiruns").iterdir() if p.is_dir())
+    for job in (has, spg):
+        losses = [float(r["train/loss"]) for r in csv.DictReader(open(job / "csv" / "metrics.csv")) if r.get("train/loss")]
+        assert len(losses) == 2 and all(math.isfinite(v) for v in losses), (job, losses)
+    # HaS: every rank hid exactly the cells its (seed, rank, epoch, batch) generator draws, and the ranks differ
+    seen = {r: torch.load(has / f"seen_zeros_rank{r}.pt", weights_only=True) for r in (0, 1)}
+    for rank, rows in seen.items():
+        assert [(e, b) for e, b, _ in rows] == [(0, 0), (0, 1)]
+        for epoch, index, zeros in rows:
+            g = torch.Generator().manual_seed(step_seed(0, rank, epoch, index))
+            cells = torch.rand((8, 8, 8), generator=g) < 0.5  # 32 px in cells of 4
+            assert torch.equal(zeros, cells.repeat_interleave(4, 1).repeat_interleave(4, 2)), (rank, epoch, index)
+    assert not torch.equal(seen[0][0][2], seen[1][0][2])

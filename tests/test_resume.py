@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from test_train_app import run
+from test_wsol_methods import one_thread  # noqa: F401 - a fixture
 
 HERE = Path(__file__).resolve().parent
 ARGS = [
@@ -95,3 +96,49 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path):
     run_id = (job / "wandb" / "camlab_run_id").read_text().strip()
     segments = sorted((job / "wandb").glob("offline-run-*"))
     assert len(segments) == 3 and {s.name.rsplit("-", 1)[1] for s in segments} == {run_id}
+
+
+class Stopped(Exception):
+    """Test-only: the in-process stand-in for a kill."""
+
+
+class StopAt(L.Callback):
+    """Test-only: raise :class:`Stopped` at the start of batch ``batch`` of epoch ``epoch`` of a fresh run."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.at, self.fresh = (epoch, batch), None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.fresh is None:
+            self.fresh = trainer.global_step == 0
+        if self.fresh and (trainer.current_epoch, batch_idx) == self.at:
+            raise Stopped
+
+
+# One data-side method and two module-side ones (random draws; a second head in the optimizer and the checkpoint).
+@pytest.mark.parametrize("method", ["cutmix", "adl", "acol"])
+def test_a_run_with_a_wsol_method_resumes_to_exactly_the_uninterrupted_weights(method, tmp_path, one_thread):
+    """In-process and smaller than the SIGKILL test above: the run is stopped by an exception in epoch 1 and
+    everything it built is dropped, as by a kill; a new run resumes from its last.ckpt (epoch 0). The methods draw
+    from (seed, rank, epoch, batch), so the weights after the last epoch equal the uninterrupted run's bit for bit."""
+    from _tiny_checkpoint import DATA, composed
+    from camlab.models.pretrained import load_checkpoint
+    from camlab.train import train
+
+    args = [*DATA[:2], "data.num_val=8", "data.batch_size=16", "backbone.width=4", f"wsol={method}",
+            "trainer.max_epochs=2", "trainer.deterministic=true", "test=false", "logger=[]", "callbacks=[resume]"]
+    train(composed("train", args, tmp_path / "full"))
+    stop = ["+callbacks.stop._target_=test_resume.StopAt", "+callbacks.stop.epoch=1", "+callbacks.stop.batch=1"]
+    with pytest.raises(Stopped):
+        train(composed("train", [*args, *stop], tmp_path / "killed"))
+    assert ckpt_epoch(tmp_path / "killed") == 0
+    torch.manual_seed(1234)  # a new process starts from other global random states
+    train(composed("train", [*args, *stop, "ckpt_path=last"], tmp_path / "killed"))
+
+    full, resumed = (torch.load(p / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+                     for p in (tmp_path / "full", tmp_path / "killed"))
+    assert resumed["epoch"] == full["epoch"] == 1 and resumed["global_step"] == full["global_step"] == 6
+    assert full["state_dict"].keys() == resumed["state_dict"].keys()
+    assert all(torch.equal(full["state_dict"][k], resumed["state_dict"][k]) for k in full["state_dict"])
+    model = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.ckpt")  # the method is rebuilt from it
+    assert model.wsol_method.spec() == full["hyper_parameters"]["wsol"] and model.wsol_method.name == method

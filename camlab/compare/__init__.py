@@ -9,6 +9,7 @@ and ``comparison.png`` (x = val/acc, y = the sort metric, one labelled point per
 
 - :mod:`camlab.compare.jobs`: finding the job dirs and reading each job (:class:`Job`, :func:`collect`).
 - :mod:`camlab.compare.report`: the table, ``comparison.csv``, ``comparison.md`` and ``comparison.png``.
+- :mod:`camlab.compare.table`: ``--table``, the benchmark's methods table (rows methods, columns backbones).
 - :mod:`camlab.compare.cli`: the arguments and :func:`main` (the ``camlab-compare`` console script).
 """
 

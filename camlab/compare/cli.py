@@ -9,6 +9,8 @@ from pathlib import Path
 from camlab.compare.jobs import collect
 from camlab.compare.report import (footer_lines, print_table, sort_jobs, split_overrides, table_rows, write_csv,
                                    write_markdown, write_plot)
+from camlab.compare.table import (DEFAULT_CELLS, DEFAULT_COLUMNS, DEFAULT_ROWS, build_table, footer, layout,
+                                  write_table_csv, write_table_markdown, write_table_plot)
 from camlab.errors import CompareError
 
 PROG = "camlab-compare"
@@ -41,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "else 'failed' (default 600; a job before a later job of a sequential sweep is "
                              "always 'failed')")
     parser.add_argument("--no-files", action="store_true", help="only print the table")
+    parser.add_argument("--table", action="store_true",
+                        help="the benchmark's methods table instead of one line per job: rows --rows, column groups "
+                             "--columns, cells --cells, the best per column marked; writes table.csv/.md/.png")
+    parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"--table: config key of the rows (default {DEFAULT_ROWS})")
+    parser.add_argument("--columns", default=DEFAULT_COLUMNS,
+                        help=f"--table: config key of the column groups (default {DEFAULT_COLUMNS})")
+    parser.add_argument("--cells", default=",".join(DEFAULT_CELLS),
+                        help="--table: comma-separated metrics shown per column (default "
+                             f"{','.join(DEFAULT_CELLS)})")
     return parser
 
 
@@ -57,8 +68,12 @@ def lower_is_better(metric: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.out is not None and args.out.exists() and not args.out.is_dir():  # before the work, not after it
+        raise CompareError(f"--out {args.out} is a file, not a directory: give a directory (created if missing)")
     args.ascending = args.ascending or lower_is_better(args.sort)
     jobs = collect(args.paths, args.sort, args.ascending, args.running_window)
+    if args.table:
+        return run_table(args, jobs)
     if not any(args.sort in j.series for j in jobs):
         known = sorted({k for j in jobs for k in j.series if k.startswith(("val/", "test/"))})
         if known:
@@ -82,6 +97,28 @@ def run(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'comparison.csv'}, comparison.md, comparison.png")
 
 
+def run_table(args: argparse.Namespace, jobs: list) -> None:
+    """``--table``: print the methods table and write ``table.csv``, ``table.md``, ``table.png``."""
+    cells = [m.strip() for m in args.cells.split(",") if m.strip()]
+    logged = {k for j in jobs for k in j.final}
+    unknown = [m for m in cells if m not in logged]
+    if len(unknown) == len(cells):
+        raise CompareError(f"--cells {args.cells}: no job logged any of them; logged: {', '.join(sorted(logged))}")
+    table = build_table(jobs, args.rows, args.columns, cells, lower_is_better)
+    title = f"methods table of {args.paths[0]}" if len(args.paths) == 1 else f"methods table of {len(jobs)} jobs"
+    header, rows = layout(table, lambda text: f"{text} *")
+    notes = footer(table) + [f"--cells {m}: no job logged it" for m in unknown]
+    print_table(header, rows, notes, title)
+    if args.no_files:
+        return
+    out = args.out or (args.paths[0] if len(args.paths) == 1 else Path.cwd())
+    out.mkdir(parents=True, exist_ok=True)
+    write_table_csv(out / "table.csv", table)
+    write_table_markdown(out / "table.md", table, title)
+    write_table_plot(out / "table.png", table, title)
+    print(f"wrote {out / 'table.csv'}, table.md, table.png")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
@@ -89,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     except CompareError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    except OSError as err:  # unreadable dirs, a read-only --out, ...
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+    except OSError as err:  # unreadable dirs, a read-only or full --out, ...
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{PROG}: error: {where}{err.strerror or err} (the files written before are kept whole)", file=sys.stderr)
         raise SystemExit(2) from None

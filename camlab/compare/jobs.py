@@ -37,6 +37,7 @@ class Job:
     wall_source: str = ""
     status: str = "finished"
     note: str = ""
+    config: dict = field(default_factory=dict)  # the job's .hydra/config.yaml ({} when unreadable)
 
 
 # ----------------------------------------------------------------------------------------------- finding jobs
@@ -126,6 +127,14 @@ def read_metrics(file: Path) -> dict[str, list[tuple[int | None, float]]]:
     return series
 
 
+def read_metrics_json(file: Path) -> dict[str, list[tuple[int | None, float]]]:
+    """camlab-eval's ``metrics.json`` -> {metric: [(None, value)]}: the runs that log no CSV (``maps=``, ``baseline=``)."""
+    import json
+
+    metrics = json.loads(file.read_text()).get("metrics") or {}
+    return {k: [(None, float(v))] for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
 def count_params(job_dir: Path) -> int | None:
     ckpt_dir = job_dir / "checkpoints"
     ckpt = ckpt_dir / "last.ckpt"
@@ -204,6 +213,16 @@ def _is_eval_job(job_dir: Path, cfg: dict) -> bool:
     return "eval" in cfg and "split" in cfg
 
 
+def _unreadable_json(file: Path) -> str:
+    """Why ``file`` is not a JSON object ("" when it is one)."""
+    import json
+
+    try:
+        return "" if isinstance(json.loads(file.read_text()), dict) else "not a JSON object"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"{type(err).__name__}: {err}"
+
+
 def acc_key(sort: str) -> str:
     """The classification accuracy of the sort metric's stage: ``test/acc`` for ``test/...``, else ``val/acc``."""
     return "test/acc" if sort.startswith("test/") else "val/acc"
@@ -217,9 +236,14 @@ def read_job(job_dir: Path, label: str, sort: str, ascending: bool, later_job_ex
         job.overrides = read_overrides(job_dir)
     except Exception as err:  # noqa: BLE001
         problems.append(f"unreadable overrides.yaml ({err})")
-    cfg = read_config(job_dir)
+    cfg = job.config = read_config(job_dir)
     metrics_file = job_dir / "csv" / "metrics.csv"
-    if metrics_file.is_file():
+    if not metrics_file.is_file() and _is_eval_job(job_dir, cfg) and (job_dir / "metrics.json").is_file():
+        try:
+            job.series = read_metrics_json(job_dir / "metrics.json")
+        except (ValueError, OSError) as err:
+            problems.append(f"unreadable metrics.json ({err})")
+    elif metrics_file.is_file():
         try:
             job.series = read_metrics(metrics_file)
         except Exception as err:  # noqa: BLE001
@@ -251,6 +275,8 @@ def read_job(job_dir: Path, label: str, sort: str, ascending: bool, later_job_ex
         split = str(cfg.get("split", "test"))
         if not (job_dir / "metrics.json").is_file():
             problems.append("no metrics.json (camlab-eval did not finish)")
+        elif _unreadable_json(job_dir / "metrics.json"):  # an empty or cut file is no finished evaluation
+            problems.append(f"unreadable metrics.json ({_unreadable_json(job_dir / 'metrics.json')})")
         elif not any(k.startswith(f"{split}/") for k in job.series):
             problems.append(f"no {split}/ metrics")
     elif job.series and not problems:

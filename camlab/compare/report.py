@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+from camlab.atomic import atomic_write, write_text
 from camlab.compare.jobs import Job, acc_key
 
 
@@ -110,7 +111,7 @@ def write_csv(file: Path, jobs: list[Job], varying: list[str], sort: str, ascend
     best_name = f"{'min' if ascending else 'best'} {sort}"
     fields = ["job", "status", *varying, best_name, "best_epoch", "epochs", *metric_keys, "params", "wall_s",
               "wall_source", "note", "path"]
-    with file.open("w", newline="") as handle:
+    with atomic_write(file, "w", newline="") as handle:  # atomic: never a partial file
         writer = csv.writer(handle)
         writer.writerow(fields)
         for j in jobs:
@@ -130,7 +131,7 @@ def write_markdown(file: Path, header: list[str], rows: list[list[str]], footer:
              "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
     lines += ["| " + " | ".join(map(esc, row)) + " |" for row in rows]
     lines += [""] + [f"- {line}" for line in footer]
-    file.write_text("\n".join(lines) + "\n")
+    write_text(file, "\n".join(lines) + "\n")
 
 
 def write_plot(file: Path, jobs: list[Job], varying: list[str], sort: str, ascending: bool, title: str) -> None:
@@ -154,5 +155,8 @@ def write_plot(file: Path, jobs: list[Job], varying: list[str], sort: str, ascen
     ax.grid(alpha=0.3)
     ax.margins(0.15)
     fig.tight_layout()
-    fig.savefig(file)
-    plt.close(fig)
+    try:
+        with atomic_write(file, "wb") as handle:
+            fig.savefig(handle, format="png")
+    finally:
+        plt.close(fig)

@@ -22,12 +22,20 @@ LAYOUT = (
 )
 
 
-def _table(path: Path, n_fields: int) -> list[tuple[int, list[str]]]:
-    rows = []
+def _table(path: Path, n_fields: int, ids: dict[str, str] | None = None, unique: bool = True,
+           ) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of a CUB table; its first field (an id) once per file with ``unique``, and one of
+    the image ids of ``ids`` (images.txt) when given: a DataError naming the line otherwise."""
+    rows, seen = [], {}
     for i, line in read_lines(path):
         parts = line.split()
         if len(parts) < n_fields:
             raise DataError(f"{path} line {i}: expected {n_fields} fields, got {line!r}")
+        if unique and parts[0] in seen:
+            raise DataError(f"{path} line {i}: id {parts[0]} is also on line {seen[parts[0]]}; each id once")
+        if ids is not None and parts[0] not in ids:
+            raise DataError(f"{path} line {i}: image id {parts[0]} is not in images.txt")
+        seen.setdefault(parts[0], i)
         rows.append((i, parts))
     return rows
 
@@ -59,16 +67,21 @@ def read_cub(
 
     paths = {parts[0]: parts[1] for _, parts in _table(files["images.txt"], 2)}
     labels: dict[str, int] = {}
-    for i, parts in _table(files["image_class_labels.txt"], 2):
+    for i, parts in _table(files["image_class_labels.txt"], 2, paths):
         if parts[1] not in index_of:
             raise DataError(
                 f"{files['image_class_labels.txt']} line {i}: class id {parts[1]} is not in classes.txt "
                 f"({len(class_ids)} classes)"
             )
         labels[parts[0]] = index_of[parts[1]]
-    is_train = {parts[0]: parts[1] == "1" for _, parts in _table(files["train_test_split.txt"], 2)}
+    is_train = {}
+    for i, parts in _table(files["train_test_split.txt"], 2, paths):
+        if parts[1] not in ("0", "1"):
+            raise DataError(f"{files['train_test_split.txt']} line {i}: is_training_image must be 1 (train) or 0 "
+                            f"(test), got {parts[1]!r}")
+        is_train[parts[0]] = parts[1] == "1"
     boxes: dict[str, list[tuple[float, ...]]] = {}
-    for i, parts in _table(files["bounding_boxes.txt"], 5):
+    for i, parts in _table(files["bounding_boxes.txt"], 5, paths, unique=False):
         try:
             x, y, w, h = (float(v) for v in parts[1:5])
         except ValueError:

@@ -76,8 +76,13 @@ def read_coco(
     _check_entries(ann_path, data["categories"], "categories", ("id",))
     _check_entries(ann_path, data["images"], "images", ("id", "file_name"))
     _check_entries(ann_path, data.get("annotations", []), "annotations", ("image_id",))
+    for n, c in enumerate(data["categories"]):
+        if isinstance(c["id"], bool) or not isinstance(c["id"], (int, float, str)):
+            raise DataError(f"{ann_path} categories[{n}]: id must be a number or a string, got {c['id']!r}")
+    _check_file_names(ann_path, data["images"])
     categories = sorted(data["categories"], key=lambda c: (str(type(c["id"])), c["id"]))
     index_of = {c["id"]: k for k, c in enumerate(categories)}
+    known = [c["id"] for c in categories]  # for messages: sorted, ids of mixed types included
     if len(index_of) < len(categories):
         raise DataError(f"{ann_path}: categories: id {_first_duplicate([c['id'] for c in categories])!r} is listed twice")
     names = [str(c.get("name", c["id"])) for c in categories]
@@ -86,7 +91,7 @@ def read_coco(
     for n, ann in enumerate(data.get("annotations", [])):
         where = f"{ann_path.name} annotations[{n}] (id {ann.get('id', '?')})"
         if ann.get("category_id") not in index_of:
-            raise DataError(f"{where}: category_id {ann.get('category_id')!r} is not in categories {sorted(index_of)}")
+            raise DataError(f"{where}: category_id {ann.get('category_id')!r} is not in categories {known}")
         per_image.setdefault(ann.get("image_id"), []).append((n, ann))
     _check_image_ids(ann_path, data["images"], per_image)
 
@@ -97,7 +102,7 @@ def read_coco(
         classes = {a["category_id"] for _, a in anns}
         if not anns and "category_id" in img:
             if img["category_id"] not in index_of:
-                raise DataError(f"{where}: category_id {img['category_id']!r} is not in categories {sorted(index_of)}")
+                raise DataError(f"{where}: category_id {img['category_id']!r} is not in categories {known}")
             classes = {img["category_id"]}
         if len(classes) != 1:
             raise DataError(
@@ -106,7 +111,8 @@ def read_coco(
             )
         boxes, polygons, rles = [], [], []
         for k, a in anns:
-            seg = a.get("segmentation")
+            seg = _coco_segmentation(a.get("segmentation"), f"{ann_path} annotations[{k}] (id {a.get('id', '?')}, "
+                                                            f"image {img['file_name']})")
             if isinstance(seg, list):
                 polygons += [tuple(p) for p in seg]
             elif isinstance(seg, dict):
@@ -123,11 +129,12 @@ def read_coco(
                 raise DataError(f"{ann_path.name} annotations[{k}]: needs a bbox (or a polygon segmentation)")
         size = None
         if "width" in img and "height" in img:
-            try:
-                size = (int(img["width"]), int(img["height"]))
-            except (TypeError, ValueError):
-                raise DataError(f"{ann_path} images[{n}] ({img['file_name']}): width and height must be integers, "
-                                f"got {img['width']!r}, {img['height']!r}") from None
+            w, h = img["width"], img["height"]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() and v >= 1
+                       for v in (w, h)):
+                raise DataError(f"{ann_path} images[{n}] ({img['file_name']}): width and height must be integers "
+                                f">= 1 (the image's pixels), got {w!r}, {h!r}")
+            size = (int(w), int(h))
         mask = None
         if img.get("mask_file") or polygons or rles:
             if polygons and size is None:
@@ -152,6 +159,38 @@ def _check_entries(path: Path, entries: list, key: str, required: tuple[str, ...
         if missing:
             raise DataError(f"{path} {key}[{n}] has no {' or '.join(repr(m) for m in missing)} "
                             f"(keys: {sorted(entry)[:8]}). Expected: {COCO_LAYOUT}")
+
+
+def _check_file_names(path: Path, images: list[dict]) -> None:
+    """Every image's ``file_name`` is a non-empty string, and no two images name the same file (the image would
+    be scored twice)."""
+    first: dict[str, int] = {}
+    for n, img in enumerate(images):
+        name = img["file_name"]
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"{path} images[{n}] (id {img.get('id')!r}): file_name must be a path relative to the "
+                            f"image root, got {name!r}")
+        if name in first:
+            raise DataError(f"{path} images[{n}] (id {img.get('id')!r}): file_name {name!r} is also the file of "
+                            f"images[{first[name]}]; list each image once, with all its annotations")
+        first[name] = n
+
+
+def _coco_segmentation(seg: Any, where: str) -> Any:
+    """A COCO ``segmentation``: None, polygons (lists of finite x, y pairs) or an RLE object; else a DataError at
+    ``where``."""
+    if seg is None or isinstance(seg, dict):
+        return seg
+    if not isinstance(seg, list):
+        raise DataError(f"{where}: segmentation must be a list of polygons [[x1, y1, x2, y2, ...], ...] or an RLE "
+                        f"object {{size, counts}}, got {str(seg)[:60]!r}")
+    for p, poly in enumerate(seg):
+        ok = isinstance(poly, list) and len(poly) >= 2 and len(poly) % 2 == 0 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in poly)
+        if not ok:
+            raise DataError(f"{where}: polygon {p} of its segmentation must be a list of x, y pairs of finite "
+                            f"numbers [x1, y1, x2, y2, ...], got {str(poly)[:60]}")
+    return seg
 
 
 def _first_duplicate(values: list) -> Any:
@@ -193,7 +232,8 @@ def _check_image_ids(path: Path, images: list[dict], per_image: dict) -> None:
 
 def _coco_bbox(bbox: Any, where: str) -> tuple[float, float, float, float]:
     """A COCO ``[x, y, width, height]`` of finite numbers, width and height >= 0; else a DataError at ``where``."""
-    if isinstance(bbox, (str, bytes)) or not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+    if (isinstance(bbox, (str, bytes)) or not isinstance(bbox, (list, tuple)) or len(bbox) != 4
+            or any(isinstance(v, bool) for v in bbox)):
         raise DataError(f"{where}: bbox must be a list of 4 numbers [x, y, width, height], got {bbox!r}")
     try:
         x, y, w, h = (float(v) for v in bbox)
@@ -223,6 +263,10 @@ def read_csv(
     num_classes: int | None = None, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
 ) -> tuple[list[Record], list[str]]:
     """Records of one split of a ``path,label,x0,y0,x1,y1`` CSV, and the class names."""
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise ConfigError(f"num_classes must be an integer >= 1 (or None: from the labels), got {num_classes!r}",
+                          settings=["num_classes"])
     root = require(root, "image root", CSV_LAYOUT)
     ann_path = require(root / annotations, "CSV annotation file", CSV_LAYOUT)
     text = read_text(ann_path)  # UTF-8, a byte-order mark dropped (else the header's "path" would not match)

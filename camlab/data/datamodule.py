@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence, Union
 
+import logging
+
 import lightning.pytorch as L
 import torch
+import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from camlab.data.records import collate_skipping
 from camlab.errors import ConfigError
 
+log = logging.getLogger("camlab.data")
 DatasetLike = Union[Dataset, Callable[[], Dataset], None]
 _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
 
@@ -35,7 +39,11 @@ class WSOLDataModule(L.LightningDataModule):
         class_names: optional names; default the train (or first available) dataset's ``class_names``.
         num_train, num_val, num_test: use only the first N samples of a split (ValueError if it has
             fewer); None uses the whole split.
-        seed: seed of the training shuffle order; None uses torch's global RNG (``L.seed_everything``).
+        val_per_class: keep N images per class of the val split (after ``num_val``), drawn by ``seed`` (0 when
+            None); 0 keeps them all. A class with fewer than N val images is an error naming the class and its count;
+            classes without any val image are warned about (the budget covers the others).
+        seed: seed of the training shuffle order (and of the ``val_per_class`` draw); None uses torch's global RNG
+            (``L.seed_everything``).
 
     ``mean``/``std`` come from the datasets (which normalize), so visualization can un-normalize.
     """
@@ -57,6 +65,7 @@ class WSOLDataModule(L.LightningDataModule):
         num_train: int | None = None,
         num_val: int | None = None,
         num_test: int | None = None,
+        val_per_class: int = 0,
         seed: int | None = None,
     ) -> None:
         super().__init__()
@@ -72,10 +81,14 @@ class WSOLDataModule(L.LightningDataModule):
         for name, n in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
             if n is not None and (not isinstance(n, int) or n < 1):
                 raise ConfigError(f"{name} must be None or an int >= 1, got {n!r}", settings=[name])
+        if isinstance(val_per_class, bool) or not isinstance(val_per_class, int) or val_per_class < 0:
+            raise ConfigError(f"val_per_class must be an int >= 0 (0: the whole val split), got {val_per_class!r}",
+                              settings=["val_per_class"])
         if all(d is None for d in (train_dataset, val_dataset, test_dataset)):
             raise ValueError("WSOLDataModule needs at least one of train_dataset, val_dataset, test_dataset")
         self._sources = {"train": train_dataset, "val": val_dataset, "test": test_dataset}
         self._limits = {"train": num_train, "val": num_val, "test": num_test}
+        self.val_per_class = val_per_class
         self._built: dict[str, Dataset] = {}
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -115,8 +128,23 @@ class WSOLDataModule(L.LightningDataModule):
                     )
                 if limit < len(ds):
                     ds = _Limited(ds, limit)
+            if split == "val" and self.val_per_class:
+                ds = self._budget(ds)
             self._built[split] = ds
         return self._built[split]
+
+    def _budget(self, ds: Dataset) -> Dataset:
+        """``val_per_class`` images per class of the val split ``ds``; a warning names the classes it has none of."""
+        labels = dataset_labels(ds)
+        names = self._class_names or getattr(ds, "class_names", None)
+        total = self._num_classes or (len(names) if names is not None else None) or getattr(ds, "num_classes", None)
+        missing = sorted(set(range(int(total))) - set(labels.tolist())) if total else []
+        if missing:
+            first = ", ".join(str(names[c]) if names is not None else str(c) for c in missing[:5])
+            log.warning("val_per_class=%d: %d of %d classes have no val image (%s%s): the budget covers the other %d",
+                        self.val_per_class, len(missing), total, first, ", ..." if len(missing) > 5 else "",
+                        int(total) - len(missing))
+        return _Limited(ds, per_class_indices(labels, self.val_per_class, self.seed or 0, names))
 
     def _check_metadata(self, split: str, ds: Any) -> None:
         for name, declared in (("num_classes", self._num_classes), ("image_size", self._image_size)):
@@ -218,11 +246,54 @@ class WSOLDataModule(L.LightningDataModule):
         return self._loader("test", False, self.eval_batch_size, False)
 
 
-class _Limited(Subset):
-    """The first ``n`` samples of a dataset; keeps the wrapped dataset's metadata attributes visible."""
+def dataset_labels(ds: Any) -> np.ndarray:
+    """The class label of every sample of ``ds`` (N int64), without loading images where the dataset keeps them:
+    ``labels`` of the rendered datasets, ``records`` of the on-disk ones; any other dataset is read sample by sample.
+    A :class:`~torch.utils.data.Subset` gives its own samples' labels."""
+    if isinstance(ds, Subset):
+        return dataset_labels(ds.dataset)[np.asarray(ds.indices, dtype=np.int64)]
+    labels = getattr(ds, "labels", None)
+    if labels is not None and len(labels) == len(ds):
+        return np.asarray(labels, dtype=np.int64).reshape(-1)
+    records = getattr(ds, "records", None)
+    if records is not None and len(records) == len(ds):
+        return np.asarray([r.label for r in records], dtype=np.int64)
+    return np.asarray([int(ds[i]["label"]) for i in range(len(ds))], dtype=np.int64)
 
-    def __init__(self, dataset: Dataset, n: int) -> None:
-        super().__init__(dataset, range(n))
+
+def per_class_indices(labels: Sequence[int], n: int, seed: int, class_names: Sequence[str] | None = None) -> list[int]:
+    """Sorted positions of ``n`` samples per class: class c's first ``n`` in a permutation seeded by ``(seed, c)``.
+
+    The classes are those present in ``labels`` (as wsolevaluation's ``num_val_sample_per_class``, whose draw uses
+    numpy's global generator): one with fewer than ``n`` samples is a :class:`ConfigError` naming it and its count
+    (``class_names`` for the name). Per-class seeds make each class's draw independent of the others, and a prefix of
+    one permutation makes the ``n`` = 5 draw a subset of the ``n`` = 10 one.
+
+    >>> per_class_indices([0, 1, 0, 1, 0, 1], 2, seed=0)
+    [0, 1, 4, 5]
+    >>> per_class_indices([0, 1, 0, 1, 0, 1], 1, seed=0)  # within the n = 2 draw
+    [4, 5]
+    """
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    present = np.unique(labels)
+    counts = np.bincount(labels)[present] if labels.size else np.zeros(0, np.int64)
+    if counts.size and counts.min() < n:
+        c = int(present[np.argmin(counts)])
+        name = f"class {c} ({class_names[c]})" if class_names is not None and c < len(class_names) else f"class {c}"
+        raise ConfigError(
+            f"val_per_class={n} but {name} has only {int(counts.min())} val images (the fewest of the "
+            f"{len(present)} classes in the split; {int((counts < n).sum())} have fewer than {n}); set val_per_class "
+            f"<= {int(counts.min())}, or 0 for the whole val split", settings=["val_per_class"])
+    picked = [np.random.default_rng([seed, int(c)]).permutation(np.flatnonzero(labels == c))[:n] for c in present]
+    return sorted(int(i) for i in np.concatenate(picked)) if picked else []
+
+
+class _Limited(Subset):
+    """Some samples of a dataset (the first ``n``, or the given positions); keeps the wrapped dataset's metadata
+    attributes visible."""
+
+    def __init__(self, dataset: Dataset, n: int | Sequence[int]) -> None:
+        super().__init__(dataset, range(n) if isinstance(n, int) else list(n))
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name in ("dataset", "indices"):

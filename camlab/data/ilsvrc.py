@@ -46,6 +46,8 @@ def parse_voc_xml(path: Path) -> tuple[str, tuple[int, int] | None, list[tuple[s
         tree = ET.parse(path).getroot()
     except ET.ParseError as err:
         raise DataError(f"cannot parse annotation {path}: {err}") from None
+    except OSError as err:  # a folder named *.xml, no permission
+        raise DataError(f"cannot read annotation {path}: {err.strerror or err}") from None
     filename = (tree.findtext("filename") or path.stem).strip()
     size = None
     if tree.find("size") is not None:
@@ -64,7 +66,10 @@ def parse_voc_xml(path: Path) -> tuple[str, tuple[int, int] | None, list[tuple[s
             raise DataError(f"{path}: a <bndbox> needs numeric xmin, ymin, xmax, ymax") from None
         if not np.isfinite(coords).all():
             raise DataError(f"{path}: <bndbox> {list(coords)} has a NaN or infinite value; fix that file")
-        objects.append(((obj.findtext("name") or "").strip(), coords))
+        name = (obj.findtext("name") or "").strip()
+        if not name:
+            raise DataError(f"{path}: an <object> without <name> (its synset, e.g. n01440764)")
+        objects.append((name, coords))
     return filename, size, objects
 
 
@@ -108,7 +113,7 @@ def read_ilsvrc(
     xmls = sorted(xml_dir.glob("*.xml"))
     if not xmls:
         raise DataError(f"no .xml annotations in {xml_dir}. Expected layout: {LAYOUT}")
-    annotated = set()
+    annotated: dict[str, str] = {}  # image file -> its XML
     for xml in xmls:
         filename, size, objects = parse_voc_xml(xml)
         if not objects:
@@ -120,7 +125,9 @@ def read_ilsvrc(
         if len(classes) > 1:
             raise DataError(f"{xml}: objects of several classes {sorted(classes)}; one class per image is needed")
         name = filename if Path(filename).suffix else f"{filename}.JPEG"
-        annotated.add(name)
+        if name in annotated:
+            raise DataError(f"{xml}: annotates {name}, as {annotated[name]} does; one XML per image")
+        annotated[name] = xml.name
         records.append(Record(
             path=str(images / name), label=index_of[classes.pop()],
             boxes=np.asarray([c for _, c in objects], dtype=np.float64).reshape(-1, 4),

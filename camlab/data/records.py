@@ -32,6 +32,8 @@ log = logging.getLogger("camlab.data")
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 _MAX_WORKER_SLOTS = 64
+# what PIL raises for a file it cannot open or decode (a decompression bomb is no OSError)
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 NO_BOXES = np.zeros((0, 4))
@@ -78,8 +80,16 @@ def read_text(path: str | os.PathLike) -> str:
     ...
     camlab.errors.DataError: ... is not UTF-8 text: byte 0xe9 at line 2, column 4; ...
     """
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except IsADirectoryError:
+        raise DataError(f"{path} is a directory, not a file: give the annotation file itself") from None
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from None
     data = data[3:] if data.startswith(b"\xef\xbb\xbf") else data  # a byte-order mark (Excel's "CSV UTF-8")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # Excel's "Unicode text", Windows Notepad
+        raise DataError(f"{path} is UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8 (e.g. "
+                        f"iconv -f utf-16 -t utf-8 {Path(path).name} > fixed.txt)")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -237,8 +247,8 @@ class RecordDataset(Dataset):
         if missing and not self.skip_corrupt:
             raise DataError(
                 f"{self.name}: {len(missing)} image file(s) of the {self.split} split not found, first: "
-                f"{missing[0].path} ({missing[0].source}); fix the root/paths, or set skip_corrupt=True "
-                f"to skip missing and unreadable images (counted and reported)",
+                f"{missing[0].path} ({missing[0].source}{_why_not_a_file(missing[0].path)}); fix the root/paths, "
+                f"or set skip_corrupt=True to skip missing and unreadable images (counted and reported)",
                 settings=["skip_corrupt"],
             )
         if missing:
@@ -292,7 +302,7 @@ class RecordDataset(Dataset):
                 try:
                     with Image.open(r.path) as im:  # header only
                         size = im.size
-                except (OSError, SyntaxError, ValueError) as err:
+                except UNREADABLE as err:
                     if not self.skip_corrupt:
                         raise _unreadable(r.path, err) from None
                     self.counts["skipped_unreadable_at_setup"] += 1
@@ -330,7 +340,7 @@ class RecordDataset(Dataset):
                 try:
                     with Image.open(p) as im:  # header only
                         sizes.append((p, tuple(im.size)))
-                except (OSError, SyntaxError, ValueError) as err:
+                except UNREADABLE as err:
                     raise DataError(
                         f"{self.name}: cannot read mask file {p} (for {r.path}, {r.source}): {err}. Replace the "
                         f"file, or set masks=False to use no masks (no PxAP)",
@@ -349,7 +359,7 @@ class RecordDataset(Dataset):
                 try:
                     with Image.open(r.path) as im:  # header only
                         size = tuple(im.size)
-                except (OSError, SyntaxError, ValueError) as err:
+                except UNREADABLE as err:
                     if not self.skip_corrupt:
                         raise _unreadable(r.path, err) from None
                     continue  # skipped (and counted) when it is loaded
@@ -432,7 +442,7 @@ class RecordDataset(Dataset):
             image, orientation = read_rgb(r.path)
         except DataError:
             raise  # NaN pixels: not a file to skip silently
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        except UNREADABLE as err:
             if not self.skip_corrupt:
                 raise _unreadable(r.path, err) from None
             self._skipped[slot] += 1
@@ -472,10 +482,24 @@ class RecordDataset(Dataset):
         )
 
 
+def _why_not_a_file(path: str) -> str:
+    """Why an existing-looking path is not an image file: ``", a directory"`` etc.; empty when it does not exist."""
+    if os.path.isdir(path):
+        return ", a directory, not an image file"
+    if os.path.islink(path):
+        return f", a broken symbolic link (to {os.readlink(path)}, missing or a loop of links)"
+    return ""
+
+
 def _unreadable(path: str, err: BaseException) -> DataError:
+    cause = " ".join(str(err).split()).rstrip(".") or type(err).__name__
+    fix = "Replace or remove the file"
+    if isinstance(err, Image.DecompressionBombError):
+        cause = f"{cause} (PIL's limit, Image.MAX_IMAGE_PIXELS)"
+        fix = "Downscale or remove the file"
     return DataError(
-        f"cannot read image {path}: {err}. Replace or remove the file, or set skip_corrupt=True to skip "
-        f"unreadable images (counted and reported)",
+        f"cannot read image {path}: {cause}. {fix}, or set skip_corrupt=True to skip unreadable images (counted "
+        f"and reported)",
         settings=["skip_corrupt"],
     )
 

@@ -34,12 +34,19 @@ LAYOUT = (
 )
 
 
-def _csv(path: Path, n_fields: int) -> list[tuple[int, list[str]]]:
-    rows = []
+def _csv(path: Path, n_fields: int, ids: set[str] | None = None, unique: bool = True) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of a metadata file; its image id once per file with ``unique``, and one of ``ids``
+    (image_ids.txt) when given: a DataError naming the line otherwise."""
+    rows, seen = [], {}
     for i, line in read_lines(path):
         parts = [p.strip() for p in line.split(",")]
         if len(parts) != n_fields:
             raise DataError(f"{path} line {i}: expected {n_fields} comma-separated fields, got {line!r}")
+        if unique and parts[0] in seen:
+            raise DataError(f"{path} line {i}: {parts[0]} is also on line {seen[parts[0]]}; each image once")
+        if ids is not None and parts[0] not in ids:
+            raise DataError(f"{path} line {i}: {parts[0]} is not in image_ids.txt")
+        seen.setdefault(parts[0], i)
         rows.append((i, parts))
     return rows
 
@@ -62,7 +69,8 @@ def read_wsoleval(
 
     ids_file = require(meta / "image_ids.txt", "wsolevaluation image_ids.txt", LAYOUT)
     labels_file = require(meta / "class_labels.txt", "wsolevaluation class_labels.txt", LAYOUT)
-    ids = [line for _, line in read_lines(ids_file)]
+    ids = [image_id for _, (image_id,) in _csv(ids_file, 1)]  # each once: a repeated image would count twice
+    known = set(ids)
     labels: dict[str, int] = {}
     for i, (image_id, value) in _csv(labels_file, 2):
         try:
@@ -90,13 +98,13 @@ def read_wsoleval(
         lines = read_lines(loc)
         n_fields = len(lines[0][1].split(",")) if lines else 5
         if n_fields == 5:
-            for i, parts in _csv(loc, 5):
+            for i, parts in _csv(loc, 5, known, unique=False):
                 try:
                     boxes.setdefault(parts[0], []).append(tuple(float(int(v)) for v in parts[1:]))
                 except ValueError:
                     raise DataError(f"{loc} line {i}: box coordinates must be integers, got {parts[1:]}") from None
         else:
-            for i, (image_id, mask, ignore) in _csv(loc, 3):
+            for i, (image_id, mask, ignore) in _csv(loc, 3, known, unique=False):
                 masks.setdefault(image_id, []).append(str(mask_root / mask))
                 if ignore:
                     if image_id in ignores:

@@ -10,7 +10,8 @@
 - ``min_input_size`` the smallest square input accepted (``forward`` raises below it).
 
 ``forward_features`` is an alias of ``forward`` (timm's name). The registry is a plain dict filled by
-:func:`register_backbone`; :func:`available_backbones` lists it.
+:func:`register_backbone`; :func:`available_backbones` lists it. ``timm`` (any timm model, ViTs included) is
+registered by :mod:`camlab.models.timm_backbone`, which loads its own weights.
 
 Weights are never downloaded: ``pretrained`` is ``False`` (random init), a local state-dict file, or
 ``True`` / a torchvision weights name (``"IMAGENET1K_V1"``, ``"ResNet18_Weights.IMAGENET1K_V1"``)
@@ -342,10 +343,14 @@ def create_backbone(name: str, pretrained: bool | str | os.PathLike | None = Fal
     if name not in _BACKBONES:
         raise ValueError(f"Unknown backbone '{name}'. Available: {', '.join(_BACKBONES)}")
     builder = _BACKBONES[name]
-    accepted = [p for p in inspect.signature(builder).parameters if not p.startswith("_")]
+    own_loading = getattr(builder, "loads_pretrained", False)  # the builder reads `pretrained` itself (timm)
+    accepted = [p for p in inspect.signature(builder).parameters
+                if not p.startswith("_") and not (own_loading and p in ("pretrained", "strict"))]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise TypeError(f"backbone '{name}' got unknown option(s) {unknown}; it accepts {accepted}")
+    if own_loading:
+        return builder(pretrained=pretrained, strict=strict, **options)
     backbone = builder(**options)
     if pretrained is None or pretrained is False:
         return backbone
@@ -485,3 +490,6 @@ def _load_into(backbone: Backbone, state: dict[str, Tensor], source: str, strict
             raise ValueError(message + " (pass strict=false to load what matches)")
         warnings.warn(message, stacklevel=3)
     backbone.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+
+
+from camlab.models import timm_backbone as _timm_backbone  # noqa: E402,F401 - registers "timm" (imports timm on use)

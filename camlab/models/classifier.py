@@ -1,9 +1,9 @@
-"""CAMClassifier: backbone -> global pooling -> linear, with CAMs from the same forward pass."""
+"""CAMClassifier: backbone -> global pooling -> linear, with CAMs from the same forward pass; trained by a WSOL method."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning.pytorch as L
@@ -13,8 +13,9 @@ from torch import Tensor, nn
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.classification import MulticlassAccuracy
 
-from camlab.cam import class_activation_maps
 from camlab.errors import ConfigError, TrainingDiverged
+from camlab.methods import WSOLMethod, build_method
+from camlab.methods.base import StepRandom, step_seed
 
 POOLS = ("gap", "gmp")
 
@@ -36,6 +37,9 @@ class CAMClassifier(L.LightningModule):
             a warning) before the run stops with :class:`~camlab.errors.TrainingDiverged`; 0: stop at the first.
             The weights are never stepped on a non-finite loss, and a checkpoint of non-finite weights is never
             written (the run stops instead), so ``last.ckpt`` and the best checkpoint stay finite.
+        wsol: the WSOL training method (:mod:`camlab.methods`): None or ``{"name": "cam"}`` (vanilla CAM training),
+            a spec such as ``{"name": "adl", "drop_rate": 0.75}``, or a :class:`~camlab.methods.WSOLMethod`. Built
+            here (``wsol_method``); its resolved spec is stored in the hyper-parameters, so a checkpoint rebuilds it.
     """
 
     def __init__(
@@ -48,6 +52,7 @@ class CAMClassifier(L.LightningModule):
         head_lr_mult: float = 1.0,
         label_smoothing: float = 0.0,
         nonfinite_patience: int = 0,
+        wsol: Mapping[str, Any] | WSOLMethod | None = None,
     ) -> None:
         super().__init__()
         if isinstance(nonfinite_patience, bool) or not isinstance(nonfinite_patience, int) or nonfinite_patience < 0:
@@ -60,10 +65,13 @@ class CAMClassifier(L.LightningModule):
         num_features = getattr(backbone, "num_features", None)
         if not isinstance(num_features, int):
             raise ValueError(f"backbone {type(backbone).__name__} must expose an int `num_features` (channels K)")
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "wsol"])
         self.backbone = backbone
         self.pool = pool
         self.head = nn.Linear(num_features, num_classes)
+        self.wsol_method = build_method(wsol)
+        self.wsol_method.attach(backbone, num_classes)
+        self.hparams["wsol"] = self.wsol_method.spec()  # plain values: checkpoints rebuild the method from it
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.head_lr_mult = head_lr_mult
@@ -93,12 +101,20 @@ class CAMClassifier(L.LightningModule):
         return {"logits": logits, "features": features}
 
     def cam(self, features: Tensor, classes: Tensor) -> Tensor:
-        """Raw CAMs ``M^c = sum_k w_k^c A^k`` of ``classes`` ((B,) or (B, k)) from this forward's features."""
-        return class_activation_maps(features, self.head.weight, classes)
+        """Raw CAMs ``M^c = sum_k w_k^c A^k`` of ``classes`` ((B,) or (B, k)) from this forward's features (the WSOL
+        method's map where it defines its own: ACoL's fusion of its two branches)."""
+        return self.wsol_method.cam(self, features, classes)
 
     # ---- steps ---------------------------------------------------------------------------------------
-    def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+    def classification_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Cross-entropy with the model's label smoothing."""
         return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+
+    def step_random(self, batch_idx: int, device: torch.device) -> StepRandom:
+        """The generators of this training step on this process: seeded from the method's ``seed``, the rank, the
+        epoch and ``batch_idx``, so DDP ranks differ and a resumed run draws what an uninterrupted one draws."""
+        seed = step_seed(getattr(self.wsol_method, "seed", 0), self.global_rank, self.current_epoch, batch_idx)
+        return StepRandom(seed, device)
 
     def on_train_start(self) -> None:
         # After a resume the restored scheduler keeps the length it was built for. A run resumed with more
@@ -130,8 +146,9 @@ class CAMClassifier(L.LightningModule):
         self._train_seen = 0
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        out = self(batch["image"])
-        loss = self._loss(out["logits"], batch["label"])
+        images, labels = batch["image"], batch["label"]
+        rng = self.step_random(batch_idx, images.device) if self.wsol_method.random else None
+        loss, logits = self.wsol_method.training_loss(self, images, labels, rng)
         if not self._finite_on_every_rank(loss):
             # Stepping on a NaN/inf loss would make every weight NaN; all ranks take the same decision.
             self._nonfinite_in_a_row += 1
@@ -145,8 +162,8 @@ class CAMClassifier(L.LightningModule):
         self._nonfinite_in_a_row = 0
         # train/acc (micro accuracy of the epoch) from plain tensor sums, logged once at the epoch's end: a
         # torchmetrics forward, or a second self.log, per step would add overhead to every step of a small model.
-        self._train_correct += (out["logits"].detach().argmax(dim=1) == batch["label"]).sum()
-        bs = batch["label"].shape[0]
+        self._train_correct += (logits.detach().argmax(dim=1) == labels).sum()
+        bs = labels.shape[0]
         self._train_seen += bs
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
         return loss
@@ -158,7 +175,7 @@ class CAMClassifier(L.LightningModule):
 
     def _eval_step(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
         out = self(batch["image"])
-        loss = self._loss(out["logits"], batch["label"])
+        loss = self.classification_loss(out["logits"], batch["label"])
         self.val_acc(out["logits"], batch["label"])
         self.val_acc5(out["logits"], batch["label"])
         bs = batch["label"].shape[0]
@@ -229,7 +246,8 @@ class CAMClassifier(L.LightningModule):
             raise ValueError("CAMClassifier needs an `optimizer` (a partial optimizer, e.g. Hydra _partial_: true)")
         groups = [
             {"params": [p for p in self.backbone.parameters() if p.requires_grad], "name": "backbone"},
-            {"params": list(self.head.parameters()), "name": "head"},
+            # new layers of a WSOL method (ACoL's second head, SPG's heads) learn at the head's rate
+            {"params": list(self.head.parameters()) + list(self.wsol_method.parameters()), "name": "head"},
         ]
         try:
             optimizer = self.optimizer_factory(groups)

@@ -38,7 +38,8 @@ def run_app(module: str, fn: Any, cfg: DictConfig, failed_trial: Any = None) -> 
     DDP child processes re-run ``python -m <module>``; bad input (:class:`ConfigError`, or a library error
     :func:`describe_error` recognises) ends the process with one ``camlab: error: ...`` line and no traceback
     (``HYDRA_FULL_ERROR=1`` shows the traceback) and exit code 1; a run stopped by SIGTERM
-    (:class:`~camlab.errors.RunInterrupted`) exits with 143. A diverged run
+    (:class:`~camlab.errors.RunInterrupted`, or Lightning's ``SIGTERMException`` outside training) exits with 143,
+    one stopped by Ctrl-C (SIGINT) with 130, each with one line. A diverged run
     (:class:`~camlab.errors.TrainingDiverged`) that is one job of a sweep (``-m``, Optuna) logs its line and
     returns ``failed_trial`` when given (the caller's objective is then NaN: Optuna records a failed trial, the
     sweep goes on). W&B runs are finished and the process group destroyed however ``fn`` ends.
@@ -50,6 +51,14 @@ def run_app(module: str, fn: Any, cfg: DictConfig, failed_trial: Any = None) -> 
     except RunInterrupted as err:
         print(f"camlab: error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(err.exit_code) from None
+    except (KeyboardInterrupt, SystemExit) as err:
+        stopped = _stopped_by_signal(err)
+        if stopped is None:
+            raise
+        name, code = stopped
+        print(f"camlab: error: stopped by {name} before the end; the files written before are kept whole (a file "
+              f"being written is not left half-written): run it again to finish", file=sys.stderr, flush=True)
+        raise SystemExit(code) from None
     except Exception as err:  # noqa: BLE001
         message = describe_error(err, cfg)
         if message is None and os.environ.get("HYDRA_FULL_ERROR") != "1" and peer_failed(err):
@@ -67,6 +76,19 @@ def run_app(module: str, fn: Any, cfg: DictConfig, failed_trial: Any = None) -> 
     finally:
         finish_experiment_trackers()
         cleanup_distributed()
+
+
+def _stopped_by_signal(err: BaseException) -> tuple[str, int] | None:
+    """(signal, exit code) when ``err`` ends a process stopped by SIGTERM or Ctrl-C, else None: Lightning's
+    ``SIGTERMException`` (a SystemExit without a code, i.e. exit 0), its ``sys.exit(1)`` after a KeyboardInterrupt,
+    or a KeyboardInterrupt raised outside the trainer."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    if isinstance(err, SIGTERMException):
+        return "SIGTERM", 143
+    if isinstance(err, KeyboardInterrupt) or isinstance(err.__context__, KeyboardInterrupt):
+        return "SIGINT (Ctrl-C)", 130
+    return None
 
 
 # what gloo / NCCL raise in a collective whose peer process has gone
@@ -117,7 +139,7 @@ def describe_error(err: BaseException, cfg: DictConfig | None = None) -> str | N
     if (isinstance(root, ConfigError) or (root is not err and isinstance(root, USER_ERRORS))
             or (type(root) is ValueError and _raised_in_camlab(root))):
         text = str(root.args[0]) if isinstance(root, KeyError) and root.args else str(root)
-        message = _unwrap_worker_message(root, text)
+        message = _unwrap_worker_message(root, text) + _type_hint(root, key)
         settings = getattr(root, "settings", ())
         if not settings and message != text:  # re-raised from a worker: the error's own attributes are lost
             settings = _ARGUMENT.findall(message)
@@ -126,8 +148,30 @@ def describe_error(err: BaseException, cfg: DictConfig | None = None) -> str | N
         return str(root)
     if isinstance(root, OSError) and root.errno in DISK_ERRNOS:
         return _disk_error(root, cfg)
+    if root is not err and isinstance(root, ImportError) and not (root.name or "").startswith("camlab"):
+        # a setting that needs an optional package (trainer.accelerator=tpu needs torch_xla, logger=wandb wandb)
+        first = " ".join(str(root).split()) or type(root).__name__
+        return f"{first} (a package this setting needs is not installed: install it, or choose another value)" \
+               f"{_where(cfg, (), key)}"
     library = _library_user_error(root)
     return None if library is None else f"{library}{_where(cfg, (), key)}"
+
+
+_WRONG_TYPE = re.compile(r"not supported between instances of '(str|NoneType)'|"
+                         r"instances of '\w+' and '(str|NoneType)'|must be real number, not (str|NoneType)")
+
+
+def _type_hint(err: BaseException, node: str | None) -> str:
+    """What a bare TypeError of a library means for the config that made it (it names no key of its own)."""
+    if not isinstance(err, TypeError):
+        return ""
+    where = f" under '{node}'" if node else ""
+    text = str(err)
+    if _WRONG_TYPE.search(text):
+        return f": a value{where} is text or null where a number is expected"
+    if "expected str, bytes or os.PathLike object, not NoneType" in text:
+        return f": a path{where} is null; give a path"
+    return ""
 
 
 def _in_sweep() -> bool:

@@ -29,6 +29,21 @@ def instantiate_group(cfg: DictConfig | None) -> list[Any]:
     return objects
 
 
+def check_flags(cfg: DictConfig, keys: Iterable[str]) -> None:
+    """The app's on/off settings must be true or false: ``test=no`` is the string "no", which would count as true.
+
+    >>> check_flags(OmegaConf.create({"test": True, "eval": {"save_cams": False}}), ["test", "eval.save_cams", "x"])
+    >>> check_flags(OmegaConf.create({"test": "no"}), ["test"])
+    Traceback (most recent call last):
+    ...
+    camlab.errors.ConfigError: test must be true or false, got 'no'
+    """
+    for key in keys:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+
+
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     """``ckpt_path``: null -> None; "last" -> <checkpoint_dir>/last.ckpt (must exist); else an existing file."""
     value = cfg.get("ckpt_path")

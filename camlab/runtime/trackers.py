@@ -8,6 +8,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from camlab.atomic import write_text
+
 
 def configure_wandb(cfg: DictConfig) -> None:
     """Give the job's W&B logger (if any) its identity: name, group and a run id kept in the run dir.
@@ -55,7 +57,7 @@ def stored_wandb_run_id(wandb_dir: Path, write: bool) -> str:
     run_id = uuid.uuid4().hex[:8]
     if write:
         wandb_dir.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(run_id + "\n")
+        write_text(id_file, run_id + "\n")  # atomic: a full disk leaves no empty id file
     return run_id
 
 

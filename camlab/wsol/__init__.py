@@ -12,6 +12,7 @@ Layers, each importing only the ones above it:
   intersection: per-image rows of map-only localisation-evaluation metrics;
 * :mod:`~camlab.wsol.functional` - the metrics as plain functions on arrays (bring your own maps);
 * :mod:`~camlab.wsol.metric` - ``WSOLMetrics``, a ``torchmetrics.Metric`` of per-image rows, exact under DDP.
+* :mod:`~camlab.wsol.baseline` - the center baseline's map (a centred Gaussian) and its map source.
 
 Example:
     >>> import numpy as np
@@ -23,16 +24,16 @@ Example:
 """
 
 from camlab.wsol.boxes import box_iou_inclusive, boxes_at_threshold, gt_boxes_to_int
-from camlab.wsol.functional import (best_ious, box_accuracy, gt_known_loc, loc_ious, localization_accuracy,
-                                    max_box_acc, pxap, pxap_from_rows, topk_hits)
+from camlab.wsol.functional import (best_ious, box_accuracy, box_accuracy_at, gt_known_loc, loc_ious,
+                                    localization_accuracy, max_box_acc, piou_at, pxap, pxap_from_rows, topk_hits)
 from camlab.wsol.levels import LevelScan, largest_contour, scan_levels
 from camlab.wsol.metric import WSOLMetrics, WSOLReport
 from camlab.wsol.pointing import POINTING_NAMES, pointing_from_rows, pointing_rows
 from camlab.wsol.pxap import pxap_bin_edges, pxap_from_histograms, pxap_histograms
 from camlab.wsol.scoremaps import ScoreMaps, check_scoremaps, cut_levels, resolve_thresholds, scoremap_to_uint8, threshold_grid
 
-__all__ = ["POINTING_NAMES", "LevelScan", "ScoreMaps", "WSOLMetrics", "WSOLReport", "best_ious", "box_accuracy", "box_iou_inclusive",
+__all__ = ["POINTING_NAMES", "LevelScan", "ScoreMaps", "WSOLMetrics", "WSOLReport", "best_ious", "box_accuracy", "box_accuracy_at", "box_iou_inclusive",
            "boxes_at_threshold", "check_scoremaps", "cut_levels", "gt_boxes_to_int", "gt_known_loc", "largest_contour",
-           "loc_ious", "localization_accuracy", "max_box_acc", "pointing_from_rows", "pointing_rows", "pxap", "pxap_bin_edges", "pxap_from_histograms",
+           "loc_ious", "localization_accuracy", "max_box_acc", "piou_at", "pointing_from_rows", "pointing_rows", "pxap", "pxap_bin_edges", "pxap_from_histograms",
            "pxap_from_rows", "pxap_histograms", "resolve_thresholds", "scan_levels", "scoremap_to_uint8",
            "threshold_grid", "topk_hits"]

@@ -3,7 +3,9 @@
 Two layers, as in ``torchmetrics.functional``: per-image *rows* (:func:`best_ious`, :func:`loc_ious`,
 :func:`topk_hits`, and :func:`~camlab.wsol.pxap.pxap_histograms`) and *aggregates* from rows
 (:func:`box_accuracy`, :func:`localization_accuracy`, :func:`pxap_from_rows`). The one-call metrics
-(:func:`max_box_acc`, :func:`pxap`, :func:`gt_known_loc`) are the two composed. :class:`~camlab.wsol.WSOLMetrics`
+(:func:`max_box_acc`, :func:`pxap`, :func:`gt_known_loc`) are the two composed. The protocol of Choe et al. (CVPR
+2020) chooses the CAM threshold on one split and applies it to another: :func:`threshold_index` finds a chosen
+threshold on the grid, :func:`box_accuracy_at` and :func:`piou_at` score rows at it. :class:`~camlab.wsol.WSOLMetrics`
 keeps the rows of every batch and calls the same aggregates, so its numbers and these are the same code.
 
 Values are percents, as in clovaai/wsolevaluation; its conventions are in :mod:`camlab.wsol.scoremaps`,
@@ -21,8 +23,9 @@ from camlab.wsol.levels import largest_contour, scan_levels
 from camlab.wsol.pxap import pxap_from_histograms, pxap_histograms
 from camlab.wsol.scoremaps import ScoreMaps, resolve_thresholds
 
-__all__ = ["as_numpy", "best_ious", "box_accuracy", "check_iou_thresholds", "gt_known_loc", "loc_ious",
-           "localization_accuracy", "max_box_acc", "pxap", "pxap_from_rows", "softmax_prediction", "topk_hits"]
+__all__ = ["as_numpy", "best_ious", "box_accuracy", "box_accuracy_at", "check_iou_thresholds", "gt_known_loc",
+           "loc_ious", "localization_accuracy", "max_box_acc", "piou_at", "pxap", "pxap_from_rows",
+           "softmax_prediction", "threshold_index", "topk_hits"]
 
 
 def check_iou_thresholds(iou_thresholds: Sequence[float]) -> tuple:
@@ -96,6 +99,55 @@ def box_accuracy(ious, thresholds, iou_thresholds: Sequence[float] = (30, 50, 70
     return out
 
 
+def threshold_index(thresholds, value: float) -> int:
+    """The column of ``value`` in the CAM threshold grid ``thresholds`` (exact match); ValueError when it is not on it.
+
+    A threshold chosen on one split is applied to another's rows of the same grid, so it must be one of its values.
+
+    Example:
+        >>> threshold_index(np.arange(0, 1, 0.01), 0.35000000000000003)
+        35
+    """
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    hit = np.flatnonzero(thresholds == float(value))
+    if hit.size == 0:
+        raise ValueError(f"CAM threshold {value!r} is not on this grid of {thresholds.shape[0]} thresholds "
+                         f"({thresholds[0]:g} .. {thresholds[-1]:g}): evaluate with the grid it was chosen on")
+    return int(hit[0])
+
+
+def box_accuracy_at(ious, thresholds, chosen: dict, iou_thresholds: Sequence[float] = (30, 50, 70),
+                    name: str = "MaxBoxAccV2@val") -> dict:
+    """Box accuracy of rows at CAM thresholds chosen elsewhere, one per IoU threshold (no maximum over this split).
+
+    ``chosen`` maps each IoU threshold k (percent) to its CAM threshold, e.g. the ``best_threshold`` values of
+    :func:`box_accuracy` on a validation split. Per k: ``100 x (images with IoU >= k / 100 at that threshold) /
+    images``; ``name`` is their mean.
+
+    Returns:
+        ``{name: float, f"{name}/IoU{k}": float, f"{name}/threshold/IoU{k}": float}``; empty without rows.
+
+    Example:
+        >>> ious = np.array([[0.9, 0.6, 0.2], [0.1, 0.6, 0.8]])
+        >>> r = box_accuracy_at(ious, [0.1, 0.2, 0.3], {50: 0.1, 70: 0.3}, (50, 70))
+        >>> r["MaxBoxAccV2@val/IoU50"], r["MaxBoxAccV2@val/IoU70"], r["MaxBoxAccV2@val"]
+        (50.0, 50.0, 50.0)
+    """
+    ious = np.asarray(ious, dtype=np.float64)
+    if ious.ndim != 2 or ious.shape[0] == 0:
+        return {}
+    out: dict = {}
+    accs = []
+    for k in check_iou_thresholds(iou_thresholds):
+        t = chosen[k]
+        j = threshold_index(thresholds, t)
+        acc = float((ious[:, j] >= k / 100).sum() * 100.0 / ious.shape[0])
+        accs.append(acc)
+        out[f"{name}/IoU{k:g}"], out[f"{name}/threshold/IoU{k:g}"] = acc, float(t)
+    out[name] = float(np.mean(accs))
+    return out
+
+
 def max_box_acc(maps, boxes, num_boxes=None, thresholds=None, iou_thresholds: Sequence[float] = (30, 50, 70),
                 multi_contour: bool = True) -> dict:
     """MaxBoxAccV2 (all contours, IoU 30/50/70) or MaxBoxAcc (``multi_contour=False``, pass ``(50,)``).
@@ -133,6 +185,24 @@ def pxap_from_rows(hist, thresholds) -> dict:
     return {"PxAP": r["pxap"], "PIoU": r["piou"],
             "PIoU/best_threshold": float(np.asarray(thresholds)[r["best_piou_index"]]),
             "PxAP/precision": r["precision"], "PxAP/recall": r["recall"], "PIoU/curve": r["piou_curve"] * 100}
+
+
+def piou_at(hist, thresholds, threshold: float) -> float:
+    """Pixel IoU (percent) of per-image histograms (B, 2, T + 2) at one CAM threshold of their grid: foreground
+    pixels with a score >= it over (foreground pixels + background pixels >= it); NaN without foreground pixels.
+
+    Example:
+        >>> h = np.array([[[0, 2, 0, 0], [1, 1, 0, 0]]])  # fg scores in [0.5, 1), bg: one in [0, .5), one in [.5, 1)
+        >>> piou_at(h, [0.0, 0.5], 0.5), piou_at(h, [0.0, 0.5], 0.0)
+        (66.66666666666667, 50.0)
+    """
+    j = threshold_index(thresholds, threshold)
+    total = np.asarray(hist, dtype=np.int64).sum(axis=0)  # (2, T + 2)
+    positives = int(total[0].sum())
+    if positives == 0:
+        return float("nan")
+    tp, fp = int(total[0, j:].sum()), int(total[1, j:].sum())
+    return 100.0 * tp / (positives + fp)
 
 
 def pxap(maps, masks, thresholds=None) -> dict:

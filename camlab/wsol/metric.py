@@ -8,6 +8,10 @@ label, prediction and top-k hits. State grows with images, never with pixels. ``
 (``DistributedSampler`` pads the last batch by repeating samples) in index order, and derive every number
 from them with the aggregates of :mod:`camlab.wsol.functional`; :meth:`WSOLReport.per_image` gives the same
 rows as a table, so its hit counts x 100 / images are the aggregates exactly. Call ``compute()`` / ``report()`` on every rank.
+
+The protocol of Choe et al. (CVPR 2020) chooses the CAM thresholds on the validation split and reports the test
+split at them: :meth:`WSOLReport.chosen_thresholds` of the validation report gives them,
+:meth:`WSOLReport.at_thresholds` of the test report scores its rows there (the ``@val`` numbers).
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from camlab.wsol.functional import (as_numpy, box_accuracy, check_iou_thresholds, localization_accuracy,
-                                    pxap_from_rows, softmax_prediction, topk_hits)
+from camlab.wsol.functional import (as_numpy, box_accuracy, box_accuracy_at, check_iou_thresholds, localization_accuracy,
+                                    piou_at, pxap_from_rows, softmax_prediction, threshold_index, topk_hits)
 from camlab.wsol.boxes import pack_boxes, unpack_boxes
 from camlab.wsol.levels import largest_contour, scan_levels
 from camlab.wsol.pointing import POINTING_NAMES, pointing_from_rows, pointing_rows
@@ -45,6 +49,48 @@ class WSOLReport:
     #: more per-image columns (e.g. the model-based faithfulness metrics of :mod:`camlab.faith`), each aligned with
     #: ``rows["index"]``; :meth:`add_columns` aligns them by dataset index
     columns: dict = field(default_factory=dict)
+    #: the top-k of ``rows["cls_hit"]``'s columns and the IoU threshold (fraction) of GT-known / top-k loc
+    topk: tuple = ()
+    loc_iou_threshold: float = 0.5
+
+    def chosen_thresholds(self) -> dict[str, float]:
+        """The CAM thresholds where this report's curves peak, to apply to another split (:meth:`at_thresholds`):
+        ``IoU{k}`` per MaxBoxAccV2 IoU threshold (its ``best_threshold``, all contours), ``loc`` (the threshold of
+        the best GT-known loc at ``loc_iou_threshold`` over the grid, all contours: MaxBoxAccV2's box at that IoU)
+        and, with masks, ``PIoU`` (the best pixel-IoU threshold). Empty without box rows."""
+        s, r = self.scalars, self.rows
+        if "ious" not in r or not r["ious"].shape[0]:
+            return {}
+        chosen = {f"IoU{k:g}": float(s[f"MaxBoxAccV2/best_threshold/IoU{k:g}"]) for k in self.iou_thresholds}
+        k = self.loc_iou_threshold * 100
+        chosen["loc"] = float(box_accuracy(r["ious"], self.thresholds, (k,))[f"MaxBoxAccV2/best_threshold/IoU{k:g}"])
+        if np.isfinite(s.get("PIoU/best_threshold", np.nan)):
+            chosen["PIoU"] = float(s["PIoU/best_threshold"])
+        return chosen
+
+    def at_thresholds(self, chosen: dict[str, float], suffix: str = "@val") -> dict[str, float]:
+        """This report's numbers at CAM thresholds chosen on another split (:meth:`chosen_thresholds`), no maximum
+        over this split's thresholds: ``MaxBoxAccV2@val`` (+ ``/IoU{k}`` and ``/threshold/IoU{k}``),
+        ``gt_known_loc@val`` and ``top{k}_loc@val`` (right class and IoU >= ``loc_iou_threshold`` at ``loc``, boxes of
+        every contour; ``loc@val/threshold``), ``PIoU@val`` (+ ``/threshold``). ValueError when a threshold is not
+        on this report's grid."""
+        r, out = self.rows, {}
+        if "ious" not in r or not chosen:
+            return out
+        ks = [k for k in self.iou_thresholds if f"IoU{k:g}" in chosen]
+        if ks:
+            name = f"MaxBoxAccV2{suffix}"
+            out.update(box_accuracy_at(r["ious"], self.thresholds, {k: chosen[f"IoU{k:g}"] for k in ks}, ks, name))
+        if "loc" in chosen:
+            j = threshold_index(self.thresholds, chosen["loc"])
+            with_cls = self.topk if (r["pred"] >= 0).all() and (r["label"] >= 0).all() else ()
+            loc = localization_accuracy(r["ious"][:, j], r["cls_hit"], with_cls, self.loc_iou_threshold)
+            out.update({f"{k}{suffix}": v for k, v in loc.items() if not k.endswith("_cls")})
+            out[f"loc{suffix}/threshold"] = float(chosen["loc"])
+        if "PIoU" in chosen and "hist" in r and r["has_mask"].any():
+            out[f"PIoU{suffix}"] = piou_at(r["hist"][r["has_mask"].astype(bool)], self.thresholds, chosen["PIoU"])
+            out[f"PIoU{suffix}/threshold"] = float(chosen["PIoU"])
+        return out
 
     def add_columns(self, index: np.ndarray, columns: dict) -> None:
         """Add per-image ``columns`` of the images ``index`` (any order); images they miss get NaN."""
@@ -244,7 +290,8 @@ class WSOLMetrics(Metric):
 
     def _report(self) -> WSOLReport:
         rows = self._rows()
-        report = WSOLReport(rows=rows, iou_thresholds=self.iou_thresholds, thresholds=self.thresholds)
+        report = WSOLReport(rows=rows, iou_thresholds=self.iou_thresholds, thresholds=self.thresholds,
+                            topk=self.topk, loc_iou_threshold=self.loc_iou_threshold)
         if not rows:
             return report
         out: dict = {}
