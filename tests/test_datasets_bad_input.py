@@ -92,9 +92,9 @@ def test_missing_image_errors_or_is_skipped_and_counted(tree, caplog):
 
 
 def test_unreadable_image_errors_naming_the_file_or_is_skipped_and_reported(tree, caplog):
-    root = tree("wsol")  # sizes come from image_sizes.txt: the image is first opened when loaded
+    root = tree("wsol")
     bad = root / "dataset/CUB/test/gamma/c1.png"
-    bad.write_bytes(b"this is not a PNG")
+    bad.write_bytes(bad.read_bytes()[:60])  # truncated: its header reads at set-up, decoding fails when loaded
     args = (str(root / "dataset/CUB"), str(root / "metadata"), "CUB", "test")
     ds = WSOLEvalDataset(*args, num_classes=3, **KW)
     index = [r.path for r in ds.records].index(str(bad))

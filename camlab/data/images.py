@@ -1,7 +1,8 @@
 """Reading image files as the network sees them: 8-bit RGB of every PIL mode, and the EXIF orientation.
 
 One function reads every image of train, eval and predict (:func:`read_rgb`), so a file gives the same pixels
-everywhere.
+everywhere; :func:`read_header` gives a file's size and orientation without decoding it (set-up checks), and
+:func:`unreadable_error` the one message for a file PIL cannot read.
 """
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ import os
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from camlab.errors import DataError
 
 log = logging.getLogger("camlab.data")
 
 EXIF_ORIENTATION = 0x0112  # the EXIF tag; 1 (or absent) is upright
+TURNED = (5, 6, 7, 8)  # orientations displayed a quarter turn from the stored grid (width and height swap)
+# what PIL raises for a file it cannot open or decode (a decompression bomb is no OSError)
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 _WARNED: set[str] = set()  # what this process has warned about once (each DataLoader worker warns once)
 
 
@@ -67,20 +71,64 @@ def exif_orientation(im: Image.Image) -> int:
         return 1
 
 
-def read_rgb(path: str | os.PathLike) -> tuple[Image.Image, int]:
-    """The 8-bit RGB pixels of an image file as stored (see :func:`to_rgb`) and its EXIF orientation.
+def read_rgb(path: str | os.PathLike, exif_transpose: bool = False) -> tuple[Image.Image, int]:
+    """The 8-bit RGB pixels of an image file (see :func:`to_rgb`) and its EXIF orientation.
 
-    The orientation is NOT applied: WSOL benchmark annotations (ILSVRC, CUB, wsolevaluation) are drawn on the
-    stored pixel grid, and applying it would move every box of such a file. Callers warn where it is not 1.
-    Raises what PIL raises for an unreadable file (OSError, SyntaxError, ValueError, ...).
+    By default the pixels are as stored and the orientation is NOT applied: WSOL benchmark annotations
+    (ILSVRC, CUB, wsolevaluation) are drawn on the stored pixel grid, and applying it would move every box of
+    such a file; callers warn where it is not 1. ``exif_transpose=True`` turns the image upright first (as image
+    viewers show it), for annotations drawn on the upright image.
+    Raises what PIL raises for an unreadable file (:data:`UNREADABLE`).
     """
     with Image.open(path) as im:
         orientation = exif_orientation(im)
+        if exif_transpose and orientation != 1:
+            return to_rgb(ImageOps.exif_transpose(im), path), orientation
         return to_rgb(im, path), orientation
+
+
+def read_header(path: str | os.PathLike, exif_transpose: bool = False) -> tuple[tuple[int, int], int]:
+    """((W, H), EXIF orientation) of an image file from its header, the pixels not decoded; (W, H) as
+    :func:`read_rgb` with the same ``exif_transpose`` gives the image (swapped for a quarter-turned file).
+
+    A PNG's EXIF block is only looked for before its pixel data (where PIL finds it without decoding); one after
+    it is seen when the image is read.
+    """
+    with Image.open(path) as im:
+        size = im.size
+        orientation = 1 if im.format == "PNG" and "exif" not in im.info else exif_orientation(im)
+    if exif_transpose and orientation in TURNED:
+        size = (size[1], size[0])
+    return size, orientation
+
+
+def unreadable_error(path: str | os.PathLike, err: BaseException) -> DataError:
+    """The one-line error for an image file PIL cannot read (``err``: what it raised)."""
+    cause = " ".join(str(err).split()).rstrip(".") or type(err).__name__
+    fix = "Replace or remove the file"
+    if isinstance(err, Image.DecompressionBombError):
+        cause = f"{cause} (PIL's limit, Image.MAX_IMAGE_PIXELS)"
+        fix = "Downscale or remove the file"
+    return DataError(
+        f"cannot read image {path}: {cause}. {fix}, or set skip_corrupt=True to skip unreadable images (counted "
+        f"and reported)",
+        settings=["skip_corrupt"],
+    )
+
+
+def why_not_a_file(path: str | os.PathLike) -> str:
+    """Why a listed image path is not a file: ``", a directory, not an image file"`` etc.; empty when it does not
+    exist."""
+    if os.path.isdir(path):
+        return ", a directory, not an image file"
+    if os.path.islink(path):
+        return f", a broken symbolic link (to {os.readlink(path)}, missing or a loop of links)"
+    return ""
 
 
 def warn_exif_orientation(path: str | os.PathLike, orientation: int) -> None:
     """Once per process: this file (the first one met) would display rotated or mirrored."""
     _warn_once("exif", "%s has EXIF orientation %d (shown rotated or mirrored by image viewers): camlab reads the "
-               "stored pixels and does not apply it, so its boxes must be given on the stored pixel grid, not the "
-               "upright image; the count of such images is reported at the end", path, orientation)
+               "stored pixels (exif_transpose=False), so its boxes must be given on the stored pixel grid, not the "
+               "upright image (set exif_transpose=True for boxes drawn on the upright image); the count of such "
+               "images is reported at the end", path, orientation)

@@ -22,7 +22,8 @@ from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
 from camlab.data.collate import collate_wsol
-from camlab.data.images import read_rgb, warn_exif_orientation
+from camlab.data.images import (TURNED, UNREADABLE, read_header, read_rgb, unreadable_error, warn_exif_orientation,
+                                 why_not_a_file)
 from camlab.data.masks import MaskSpec, rle_counts, tight_boxes
 from camlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, WSOLTransform
 from camlab.errors import ConfigError, DataError
@@ -32,8 +33,6 @@ log = logging.getLogger("camlab.data")
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 _MAX_WORKER_SLOTS = 64
-# what PIL raises for a file it cannot open or decode (a decompression bomb is no OSError)
-UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 NO_BOXES = np.zeros((0, 4))
@@ -153,6 +152,10 @@ class RecordDataset(Dataset):
             the train split (no training loss uses them; rendering them slows loading);
             True: masks on every split (an error where one is missing); False: no masks.
         skip_corrupt: skip unreadable images (counted and reported) instead of raising an error.
+        exif_transpose: turn images with an EXIF orientation upright (as viewers show them) before anything else:
+            for boxes drawn on the upright image. By default images are read as stored (the WSOL benchmarks'
+            boxes are on the stored grid); the val and test splits then warn at set-up with the count of such
+            images, the train split when it loads them.
         inclusive_boxes: boxes are inclusive pixel bounds (x1 = last pixel; wsolevaluation, CUB, ILSVRC XML)
             rather than continuous (x1 = one past the last pixel; COCO, CSV). Sets the clip bound (W-1 or W).
         num_classes: declared class count; must equal ``len(class_names)``.
@@ -181,6 +184,7 @@ class RecordDataset(Dataset):
         check_files: bool = True,
         check_mask_sizes: bool = False,
         name: str = "dataset",
+        exif_transpose: bool = False,
     ) -> None:
         if split not in SPLITS:
             raise ConfigError(f"split must be one of {SPLITS}, got {split!r}", settings=["split"])
@@ -200,9 +204,14 @@ class RecordDataset(Dataset):
         self.transform = WSOLTransform(image_size, resize_size, train=self.train, hflip=hflip, mean=mean, std=std)
         self.mean, self.std = self.transform.mean, self.transform.std
         self.skip_corrupt = bool(skip_corrupt)
+        if not isinstance(exif_transpose, bool):
+            raise ConfigError(f"exif_transpose must be true or false, got {exif_transpose!r}",
+                              settings=["exif_transpose"])
+        self.exif_transpose = exif_transpose
         self.inclusive_boxes = bool(inclusive_boxes)
         self.counts = {"skipped_missing": 0, "skipped_unreadable_at_setup": 0, "clipped_boxes": 0, "emptied_boxes": 0,
-                       "mask_size_mismatch": 0, "classes_without_images": 0, "zero_area_boxes": 0}
+                       "mask_size_mismatch": 0, "classes_without_images": 0, "zero_area_boxes": 0,
+                       "exif_oriented_at_setup": 0}
         self._first: dict[str, str] = {}
 
         records = list(records)
@@ -247,7 +256,7 @@ class RecordDataset(Dataset):
         if missing and not self.skip_corrupt:
             raise DataError(
                 f"{self.name}: {len(missing)} image file(s) of the {self.split} split not found, first: "
-                f"{missing[0].path} ({missing[0].source}{_why_not_a_file(missing[0].path)}); fix the root/paths, "
+                f"{missing[0].path} ({missing[0].source}{why_not_a_file(missing[0].path)}); fix the root/paths, "
                 f"or set skip_corrupt=True to skip missing and unreadable images (counted and reported)",
                 settings=["skip_corrupt"],
             )
@@ -273,41 +282,32 @@ class RecordDataset(Dataset):
         return True
 
     def _sizes_and_clipping(self, records: list[Record]) -> list[Record]:
+        # val / test boxes are scored: every header is read there, for its EXIF orientation (warned at set-up)
+        scan = self.split != "train"
         kept = []
         for r in records:
-            if len(r.boxes) == 0:
+            if len(r.boxes) == 0 and not scan:
                 kept.append(r)
                 continue
-            finite = np.isfinite(r.boxes).all(1)
-            if not finite.all():
-                raise DataError(f"{self.name}: box {r.boxes[~finite][0].tolist()} of {r.path} ({r.source}) has a NaN "
-                                f"or infinite coordinate; fix or remove that box in the annotations")
-            bad = (r.boxes[:, 2] < r.boxes[:, 0]) | (r.boxes[:, 3] < r.boxes[:, 1])
-            if bad.any():
-                raise DataError(f"{self.name}: box {r.boxes[bad][0].tolist()} of {r.path} ({r.source}) has x1 < x0 or "
-                                f"y1 < y0; give boxes as x0, y0, x1, y1 (top-left, then bottom-right corner)")
-            # Continuous boxes (x1 one past the last pixel) with x1 == x0 cover no pixel; inclusive ones cover one.
-            flat = np.zeros(len(r.boxes), bool) if self.inclusive_boxes else (
-                (r.boxes[:, 2] == r.boxes[:, 0]) | (r.boxes[:, 3] == r.boxes[:, 1]))
-            if flat.any():
-                if self.split != "train":
-                    raise DataError(
-                        f"{self.name}: box {r.boxes[flat][0].tolist()} of {r.path} ({r.source}) has zero area (x1 == x0 "
-                        f"or y1 == y0); the {self.split} split's boxes are scored by the localization metrics, so fix "
-                        f"or remove the box")
-                self.counts["zero_area_boxes"] += int(flat.sum())
-                self._first.setdefault("zero_area_boxes", f"{r.boxes[flat][0].tolist()} of {r.path} ({r.source})")
+            self._check_box_values(r)
             size = r.size
-            if size is None:
+            if size is None or scan:
                 try:
-                    with Image.open(r.path) as im:  # header only
-                        size = im.size
+                    header, orientation = read_header(r.path, self.exif_transpose)
                 except UNREADABLE as err:
                     if not self.skip_corrupt:
-                        raise _unreadable(r.path, err) from None
+                        raise unreadable_error(r.path, err) from None
                     self.counts["skipped_unreadable_at_setup"] += 1
                     self._first.setdefault("skipped_unreadable_at_setup", r.path)
                     continue
+                size = size or header
+                if orientation != 1:
+                    self.counts["exif_oriented_at_setup"] += 1
+                    self._first.setdefault("exif_oriented_at_setup", f"{r.path} ({r.source}), orientation "
+                                           f"{orientation}{' (a quarter turn)' if orientation in TURNED else ''}")
+            if len(r.boxes) == 0:
+                kept.append(replace(r, size=tuple(size)))
+                continue
             W, H = size
             hi = np.array([W - 1, H - 1, W - 1, H - 1] if self.inclusive_boxes else [W, H, W, H], dtype=np.float64)
             clipped = np.clip(r.boxes, 0.0, hi)
@@ -330,6 +330,28 @@ class RecordDataset(Dataset):
                 self.counts["emptied_boxes"] += int(outside.sum())
             kept.append(replace(r, boxes=clipped, size=(W, H)))
         return kept
+
+    def _check_box_values(self, r: Record) -> None:
+        """NaN / inverted boxes are errors; zero-area ones too in val / test (scored), counted in train."""
+        finite = np.isfinite(r.boxes).all(1)
+        if not finite.all():
+            raise DataError(f"{self.name}: box {r.boxes[~finite][0].tolist()} of {r.path} ({r.source}) has a NaN "
+                            f"or infinite coordinate; fix or remove that box in the annotations")
+        bad = (r.boxes[:, 2] < r.boxes[:, 0]) | (r.boxes[:, 3] < r.boxes[:, 1])
+        if bad.any():
+            raise DataError(f"{self.name}: box {r.boxes[bad][0].tolist()} of {r.path} ({r.source}) has x1 < x0 or "
+                            f"y1 < y0; give boxes as x0, y0, x1, y1 (top-left, then bottom-right corner)")
+        # Continuous boxes (x1 one past the last pixel) with x1 == x0 cover no pixel; inclusive ones cover one.
+        flat = np.zeros(len(r.boxes), bool) if self.inclusive_boxes else (
+            (r.boxes[:, 2] == r.boxes[:, 0]) | (r.boxes[:, 3] == r.boxes[:, 1]))
+        if flat.any():
+            if self.split != "train":
+                raise DataError(
+                    f"{self.name}: box {r.boxes[flat][0].tolist()} of {r.path} ({r.source}) has zero area (x1 == x0 "
+                    f"or y1 == y0); the {self.split} split's boxes are scored by the localization metrics, so fix "
+                    f"or remove the box")
+            self.counts["zero_area_boxes"] += int(flat.sum())
+            self._first.setdefault("zero_area_boxes", f"{r.boxes[flat][0].tolist()} of {r.path} ({r.source})")
 
     def _check_masks(self, records: list[Record], check_sizes: bool) -> None:
         """Every mask file's header opens (a broken file fails here, not after a training epoch); with
@@ -357,11 +379,10 @@ class RecordDataset(Dataset):
             size = r.size
             if size is None:
                 try:
-                    with Image.open(r.path) as im:  # header only
-                        size = tuple(im.size)
+                    size = read_header(r.path, self.exif_transpose)[0]
                 except UNREADABLE as err:
                     if not self.skip_corrupt:
-                        raise _unreadable(r.path, err) from None
+                        raise unreadable_error(r.path, err) from None
                     continue  # skipped (and counted) when it is loaded
             for what, (w, h) in sizes:
                 if (w, h) != tuple(size):
@@ -383,6 +404,15 @@ class RecordDataset(Dataset):
                 "labels, so they do no harm there, but check the annotation tool's export",
                 self.name, c["zero_area_boxes"], first["zero_area_boxes"],
             )
+        if c["exif_oriented_at_setup"]:
+            turn = ("turned upright (exif_transpose=True): their boxes and sizes are taken as given on the upright "
+                    "image" if self.exif_transpose else "read as stored (exif_transpose=False), so their boxes must "
+                    "be on the stored pixel grid; if they were drawn on the upright image (as viewers show it), set "
+                    "exif_transpose=True (config key data.exif_transpose)")
+            (log.info if self.exif_transpose else log.warning)(
+                "%s (%s): %d of %d image(s) have an EXIF orientation (displayed rotated or mirrored), first: %s; "
+                "%s", self.name, self.split, c["exif_oriented_at_setup"], len(self.records), first[
+                    "exif_oriented_at_setup"], turn)
         if c["mask_size_mismatch"]:
             log.warning(
                 "%s (%s): %d mask(s) differ in size from their image; first: %s. Each mask is stretched to the "
@@ -410,23 +440,25 @@ class RecordDataset(Dataset):
 
     @property
     def num_exif_oriented(self) -> int:
-        return int(self._oriented.sum())
+        """Images with an EXIF orientation: found at set-up (val, test), or when loaded (train)."""
+        return self.counts["exif_oriented_at_setup"] or int(self._oriented.sum())
 
     def report(self) -> dict[str, int]:
         """Counts of what was clipped or skipped; logs a warning when unreadable images were skipped or images
         with an EXIF orientation were read (as stored, the orientation not applied)."""
         counts = {**self.counts, "skipped_unreadable_while_loading": self.num_skipped_while_loading,
                   "exif_oriented": self.num_exif_oriented}
+        at_load = int(self._oriented.sum())  # the train split's (val / test ones were warned at set-up)
         if counts["skipped_unreadable_while_loading"]:
             log.warning(
                 "%s (%s): skipped %d unreadable image(s) while loading (skip_corrupt=True)",
                 self.name, self.split, counts["skipped_unreadable_while_loading"],
             )
-        if counts["exif_oriented"]:
+        if at_load:
             log.warning(
                 "%s (%s): %d image(s) have an EXIF orientation (displayed rotated or mirrored); they were read as "
-                "stored, so their boxes must be on the stored pixel grid (the first one was named when loaded)",
-                self.name, self.split, counts["exif_oriented"],
+                "stored, so their boxes must be on the stored pixel grid (the first one was named when loaded; "
+                "exif_transpose=True turns them upright)", self.name, self.split, at_load,
             )
         return counts
 
@@ -439,18 +471,18 @@ class RecordDataset(Dataset):
         info = get_worker_info()
         slot = (0 if info is None else info.id + 1) % _MAX_WORKER_SLOTS
         try:
-            image, orientation = read_rgb(r.path)
+            image, orientation = read_rgb(r.path, self.exif_transpose)
         except DataError:
             raise  # NaN pixels: not a file to skip silently
         except UNREADABLE as err:
             if not self.skip_corrupt:
-                raise _unreadable(r.path, err) from None
+                raise unreadable_error(r.path, err) from None
             self._skipped[slot] += 1
             if not self._warned_skip:
                 self._warned_skip = True
                 log.warning("%s: skipping unreadable image %s (%s); the total is reported at the end", self.name, r.path, err)
             return None
-        if orientation != 1 and not self._oriented_seen[index]:
+        if orientation != 1 and self.split == "train" and not self.exif_transpose and not self._oriented_seen[index]:
             self._oriented_seen[index] = True
             self._oriented[slot] += 1
             warn_exif_orientation(r.path, orientation)
@@ -480,28 +512,6 @@ class RecordDataset(Dataset):
             f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, images={len(self)}, "
             f"classes={self.num_classes}, masks={self.use_masks}, transform={self.transform!r})"
         )
-
-
-def _why_not_a_file(path: str) -> str:
-    """Why an existing-looking path is not an image file: ``", a directory"`` etc.; empty when it does not exist."""
-    if os.path.isdir(path):
-        return ", a directory, not an image file"
-    if os.path.islink(path):
-        return f", a broken symbolic link (to {os.readlink(path)}, missing or a loop of links)"
-    return ""
-
-
-def _unreadable(path: str, err: BaseException) -> DataError:
-    cause = " ".join(str(err).split()).rstrip(".") or type(err).__name__
-    fix = "Replace or remove the file"
-    if isinstance(err, Image.DecompressionBombError):
-        cause = f"{cause} (PIL's limit, Image.MAX_IMAGE_PIXELS)"
-        fix = "Downscale or remove the file"
-    return DataError(
-        f"cannot read image {path}: {cause}. {fix}, or set skip_corrupt=True to skip unreadable images (counted "
-        f"and reported)",
-        settings=["skip_corrupt"],
-    )
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from camlab.data.custom import CSVDataset
 from camlab.data.images import read_rgb, to_rgb
-from camlab.errors import DataError
+from camlab.errors import ConfigError, DataError
 
 from ._checks import clean, short, snapshot
 
@@ -254,12 +254,62 @@ def test_extreme_aspect_ratios_and_one_pixel_images_keep_their_box(folder, size,
 
 def test_the_exif_orientation_is_warned_and_counted_not_applied(folder, caplog, quiet_once):
     name = _csv(folder, "exif.csv", ["rotated.jpg,0,0,0,2,2", "good.png,1,0,0,2,2"])
-    ds = CSVDataset(str(folder), name, "val", **KW)
     with caplog.at_level(logging.WARNING, logger="camlab.data"):
-        for _ in range(2):  # two epochs: one image
+        ds = CSVDataset(str(folder), name, "val", **KW)  # val boxes are scored: warned at set-up, with the count
+        short(caplog.text, "1 of 2 image(s) have an EXIF orientation", "rotated.jpg (exif.csv line 2), orientation "
+              "6 (a quarter turn)", "exif_transpose=True (config key data.exif_transpose)", max_lines=1)
+        caplog.clear()
+        for _ in range(2):  # two epochs: no second warning, the count stays 1
             ds[0], ds[1]
         assert ds.report()["exif_oriented"] == 1
-    assert "rotated.jpg has EXIF orientation 6" in caplog.text and "does not apply it" in caplog.text
+    assert "EXIF" not in caplog.text
+
+
+def test_a_training_image_with_an_exif_orientation_is_warned_when_loaded(folder, caplog, quiet_once):
+    name = _csv(folder, "exif_train.csv", ["rotated.jpg,0,0,0,2,2", "good.png,1,0,0,2,2"], split="train")
+    ds = CSVDataset(str(folder), name, "train", **KW)  # train boxes are not scored: no header scan at set-up
+    with caplog.at_level(logging.WARNING, logger="camlab.data"):
+        for _ in range(2):
+            ds[0], ds[1]
+        assert ds.report()["exif_oriented"] == 1
+    assert "rotated.jpg has EXIF orientation 6" in caplog.text and "exif_transpose=True" in caplog.text
+    assert "1 image(s) have an EXIF orientation" in caplog.text  # the count, at the end
+
+
+@pytest.fixture(scope="module")
+def turned(tmp_path_factory):
+    """A 4 x 3 PNG stored with its one white pixel at the top-left, and EXIF orientation 6: viewers show it a
+    quarter turn clockwise, 3 x 4 with the pixel at the top-right (x 2, y 0)."""
+    root = tmp_path_factory.mktemp("hostile_exif")
+    px = np.zeros((3, 4), np.uint8)
+    px[0, 0] = 255
+    Image.fromarray(px).save(root / "turned.png", exif=_exif(6))
+    Image.new("L", (3, 4), 9).save(root / "upright.png")
+    return root
+
+
+def test_exif_transpose_turns_the_pixels_the_size_and_the_box_bounds_upright(turned, caplog):
+    image, orientation = read_rgb(turned / "turned.png", exif_transpose=True)
+    assert orientation == 6 and image.size == (3, 4)
+    assert np.flatnonzero(np.asarray(image)[..., 0].ravel()).tolist() == [2]  # (x 2, y 0) of a 3-wide image
+    assert read_rgb(turned / "turned.png")[0].size == (4, 3)  # not asked: as stored
+    # a box over the whole upright 3 x 4 image: inside it when turned, past the stored 4 x 3 grid's bottom when not
+    name = _csv(turned, "upright.csv", ["turned.png,0,0,0,3,4", "upright.png,1,0,0,3,4"])
+    with caplog.at_level(logging.INFO, logger="camlab.data"):
+        ds = CSVDataset(str(turned), name, "val", exif_transpose=True, **KW)
+    assert ds.records[0].boxes.tolist() == [[0.0, 0.0, 3.0, 4.0]] and ds.counts["clipped_boxes"] == 0
+    assert ds.records[0].size == (3, 4) and "turned upright (exif_transpose=True)" in caplog.text
+    assert tuple(ds[0]["image"].shape) == (3, 16, 16)  # loads: its size matches the upright one
+    stored = CSVDataset(str(turned), name, "val", **KW)
+    assert stored.records[0].boxes.tolist() == [[0.0, 0.0, 3.0, 3.0]] and stored.counts["clipped_boxes"] == 1
+
+
+def test_exif_transpose_must_be_true_or_false(turned):
+    with pytest.raises(ConfigError) as err:
+        CSVDataset(str(turned), _csv(turned, "flag.csv", ["upright.png,0,0,0,3,4"]), "val", exif_transpose="yes",
+                   **KW)
+    short(str(err.value), "exif_transpose must be true or false, got 'yes'", max_lines=1)
+    assert tuple(err.value.settings) == ("exif_transpose",)
 
 
 def test_a_file_given_twice_via_links_and_names_loads_both(folder):
