@@ -18,10 +18,14 @@ from camlab.models.backbones import Backbone, available_backbones, create_backbo
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "conf" / "backbone").glob("*.yaml"))
 RELU_ENDED = ("tiny_cnn", "resnet", "vgg16_gap", "inception_v3")  # last op is a ReLU (or concat of ReLUs)
 # conf/backbone/timm.yaml (a timm resnet18) with other small timm models at random init: two more CNN families (the
-# post-pooling conv_head / head norm removed; ConvNeXt's floor-mode stem) and a ViT (patch tokens on their grid).
-TIMM_MODELS = ["mobilenetv3_small_100", "convnext_atto", "deit_tiny_patch16_224"]
-CASES = [(f, {}) for f in CONFIGS] + [(CONFIGS[[f.stem for f in CONFIGS].index("timm")], {"model_name": m})
-                                      for m in TIMM_MODELS]
+# post-pooling conv_head / head norm removed; ConvNeXt's floor-mode stem), a one-block-per-stage Swin (NHWC maps,
+# window attention: padded to its stride) and a ViT (patch tokens on their grid).
+TIMM_MODELS = {"mobilenetv3_small_050": {}, "test_convnext": {},
+               "swin_tiny_patch4_window7_224": {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]},
+               "test_vit": {}}
+TIMM_CONFIG = next(f for f in CONFIGS if f.stem == "timm")
+CASES = [(f, {}) for f in CONFIGS] + [(TIMM_CONFIG, {"model_name": m, "model_kwargs": kw})
+                                      for m, kw in TIMM_MODELS.items()]
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +49,7 @@ def test_configs_exist_and_match_registry():
 
 
 @pytest.mark.parametrize(("config", "options"), CASES,
-                         ids=[f.stem + "".join(f"-{v}" for v in o.values()) for f, o in CASES])
+                         ids=[f.stem + (f"-{o['model_name']}" if o else "") for f, o in CASES])
 def test_backbone_contract(config, options):
     torch.manual_seed(0)
     cfg = OmegaConf.merge(OmegaConf.load(config), options)

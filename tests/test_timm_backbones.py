@@ -25,8 +25,9 @@ from camlab.models.backbones import create_backbone
 
 TRAIN = ["trainer.max_epochs=1", "test=false", "callbacks=[model_checkpoint,cam_localization]",
          "callbacks.cam_localization.num_overlays=1", "callbacks.cam_localization.write_curves=false"]
-RESNET = ["backbone=timm", "backbone.model_name=resnet18", "backbone.output_stride=16"]
-VIT = ["backbone=timm", "backbone.model_name=deit_tiny_patch16_224", "data.image_size=48"]  # a 3×3 patch grid
+# timm's own tiny test models (a 4-stage ResNet with 1 block per stage; a 6-block ViT, width 64, class token)
+RESNET = ["backbone=timm", "backbone.model_name=test_resnet", "backbone.output_stride=16"]
+VIT = ["backbone=timm", "backbone.model_name=test_vit", "data.image_size=48"]  # a 3×3 patch grid
 
 
 @pytest.fixture(autouse=True)
@@ -71,6 +72,41 @@ def test_vit_patch_tokens_on_their_grid_with_class_and_register_tokens_dropped()
         h, w = -(-size[0] // 16), -(-size[1] // 16)
         assert tokens.shape == (2, 5 + h * w, 192) and got.shape == (2, 192, h, w)
         torch.testing.assert_close(got, grid_by_hand(tokens, 5, h, w), rtol=0, atol=0)
+    # a block's output, as a hook of a module-side WSOL method sees it: to_map lays it out, from_map puts it back
+    assert backbone.feature_blocks == ("model.blocks.0",)
+    seen = []
+    handle = backbone.get_submodule("model.blocks.0").register_forward_hook(lambda m, i, out: seen.append(out))
+    with torch.no_grad():
+        backbone(torch.randn(1, 3, 48, 80))
+    handle.remove()
+    (out,) = seen
+    grid = backbone.to_map(out, 3, 5)
+    torch.testing.assert_close(grid, grid_by_hand(out, 5, 3, 5), rtol=0, atol=0)
+    torch.testing.assert_close(backbone.from_map(grid, out), out, rtol=0, atol=0)
+    assert torch.equal(backbone.from_map(grid * 0, out)[:, :5], out[:, :5])  # prefix tokens untouched
+
+
+@pytest.mark.parametrize(("name", "kwargs", "blocks"), [
+    ("test_resnet", {}, ("model.act1", "model.layer1", "model.layer2", "model.layer3", "model.layer4")),
+    ("swin_tiny_patch4_window7_224", {"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 1]},
+     ("model.layers.0", "model.layers.1")),  # NHWC stages
+])
+def test_feature_blocks_outputs_map_and_back(name, kwargs, blocks):
+    backbone = create_backbone("timm", model_name=name, model_kwargs=kwargs).eval()
+    assert backbone.feature_blocks == blocks
+    seen = []
+    handle = backbone.get_submodule(blocks[-1]).register_forward_hook(lambda m, i, out: seen.append(out))
+    with torch.no_grad():
+        feats = backbone(torch.randn(1, 3, 64, 96))
+    handle.remove()
+    (out,) = seen
+    grid = backbone.to_map(out, *feats.shape[-2:])
+    # by hand: channels are dim 1 of a PyTorch map, the last dim of an NHWC one
+    by_hand = out if out.shape[1] == feats.shape[1] else torch.stack([out[..., k] for k in range(out.shape[-1])], 1)
+    assert grid.shape == feats.shape and torch.equal(grid, by_hand)
+    if name == "test_resnet":  # its last block is the features (Swin's features add a norm after it)
+        assert torch.equal(grid, feats)
+    assert torch.equal(backbone.from_map(grid, out), out)
 
 
 @pytest.fixture(scope="module")
@@ -80,16 +116,16 @@ def timm_files(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("timm_weights")
     torch.manual_seed(1)
-    nets = {"resnet18": timm.create_model("resnet18", output_stride=16).eval(),
-            "convnext_atto": timm.create_model("convnext_atto").eval(),
+    nets = {"test_resnet": timm.create_model("test_resnet", output_stride=16).eval(),
+            "test_convnext": timm.create_model("test_convnext").eval(),
             "vit": timm.create_model("vit_tiny_patch16_224", depth=2, dynamic_img_size=True).eval()}
     for net in nets.values():  # non-trivial BatchNorm statistics
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
-    torch.save(nets["resnet18"].state_dict(), folder / "resnet18.pth")
-    torch.save({"model": nets["convnext_atto"].state_dict()}, folder / "convnext_atto.pth")  # DeiT/ConvNeXt repo style
+    torch.save(nets["test_resnet"].state_dict(), folder / "test_resnet.pth")
+    torch.save({"model": nets["test_convnext"].state_dict()}, folder / "test_convnext.pth")  # DeiT/ConvNeXt repo style
     save_file({k: v.contiguous() for k, v in nets["vit"].state_dict().items()}, str(folder / "vit.safetensors"))
     return folder, nets
 
@@ -97,18 +133,20 @@ def timm_files(tmp_path_factory):
 def test_local_timm_weights_give_timms_own_features(timm_files):
     folder, nets = timm_files
     x = torch.randn(2, 3, 64, 80)
-    resnet = create_backbone("timm", model_name="resnet18", output_stride=16, pretrained=str(folder / "resnet18.pth"))
-    overlay = {"file": str(folder / "convnext_atto.pth")}  # timm's own way to name a local file
-    convnext = create_backbone("timm", model_name="convnext_atto", pretrained=True, pretrained_cfg_overlay=overlay)
+    resnet = create_backbone("timm", model_name="test_resnet", output_stride=16,
+                             pretrained=str(folder / "test_resnet.pth"))
+    overlay = {"file": str(folder / "test_convnext.pth")}  # timm's own way to name a local file
+    convnext = create_backbone("timm", model_name="test_convnext", pretrained=True, pretrained_cfg_overlay=overlay)
     vit = create_backbone("timm", model_name="vit_tiny_patch16_224", model_kwargs={"depth": 2},
                           pretrained=folder / "vit.safetensors")
     with torch.no_grad():
-        torch.testing.assert_close(resnet.eval()(x), nets["resnet18"].forward_features(x), rtol=0, atol=0)
-        torch.testing.assert_close(convnext.eval()(x), nets["convnext_atto"].forward_features(x), rtol=0, atol=0)
+        torch.testing.assert_close(resnet.eval()(x), nets["test_resnet"].forward_features(x), rtol=0, atol=0)
+        torch.testing.assert_close(convnext.eval()(x), nets["test_convnext"].forward_features(x), rtol=0, atol=0)
         torch.testing.assert_close(vit.eval()(x), grid_by_hand(nets["vit"].forward_features(x), 1, 4, 5),
                                    rtol=0, atol=0)
     # the heads' keys (fc, head.fc; ConvNeXt's post-pooling head.norm, removed from the trunk) were in the files
-    assert "model.head.norm.weight" not in convnext.state_dict() and "head.norm.weight" in nets["convnext_atto"].state_dict()
+    assert "head.norm.weight" in nets["test_convnext"].state_dict()
+    assert "model.head.norm.weight" not in convnext.state_dict()
 
 
 def test_weights_of_another_model_name_the_file_and_the_keys(timm_files):
@@ -117,7 +155,8 @@ def test_weights_of_another_model_name_the_file_and_the_keys(timm_files):
     with pytest.raises(ValueError, match=re.escape(f"'{path}' does not fit backbone TimmBackbone: missing feature "
                                                    f"keys: model.blocks.2.norm1.weight")):
         create_backbone("timm", model_name="vit_tiny_patch16_224", model_kwargs={"depth": 3}, pretrained=path)
-    with pytest.raises(ValueError, match=r"shape mismatch in model.blocks.0.attn.proj.bias: file \(192,\) vs model \(384,\)"):
+    with pytest.raises(ValueError, match=r"shape mismatch in model.blocks.0.attn.proj.bias: file \(192,\) vs model "
+                                         r"\(384,\)"):
         create_backbone("timm", model_name="vit_small_patch16_224", model_kwargs={"depth": 2}, pretrained=path)
     with pytest.warns(UserWarning, match="missing feature keys: model.blocks.2"):
         create_backbone("timm", model_name="vit_tiny_patch16_224", model_kwargs={"depth": 3}, pretrained=path,
@@ -144,8 +183,9 @@ def test_bad_names_and_options_are_one_line_naming_the_key():
         ({"model_name": "hf-hub:timm/resnet18.a1_in1k"}, "model_name", "registry models only and never downloads"),
         ({"model_name": "deit_tiny_patch16_224", "output_stride": 16}, "output_stride",
          "has no output_stride option .* set output_stride=null"),
-        ({"model_name": "resnet18", "output_stride": 12}, "output_stride", "does not support output_stride=12"),
-        ({"model_name": "resnet18", "model_kwargs": {"num_classes": 5}}, "model_kwargs", "model_kwargs.num_classes"),
+        ({"model_name": "test_resnet", "output_stride": 12}, "output_stride", "does not support output_stride=12"),
+        ({"model_name": "test_resnet", "model_kwargs": {"num_classes": 5}}, "model_kwargs", "model_kwargs.num_classes"),
+        ({"model_name": "test_resnet", "model_kwargs": [0.1]}, "model_kwargs", r"model_kwargs must be a mapping"),
         ({"model_name": "cait_xxs24_224", "model_kwargs": {"depth": 1}}, "model_name",
          "not supported as a CAM backbone: it does not run on 64×80 inputs .*224×224"),
     ]
@@ -175,7 +215,7 @@ EVAL = ["split=val", "eval.save_cams=true", "callbacks=[cam_localization]", "cal
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """``runs(kind)``: a timm ResNet-18 (stride 16, 32 px) or DeiT-Tiny (48 px) trained one epoch in-process, then
+    """``runs(kind)``: timm's test_resnet (stride 16, 32 px) or test_vit (48 px) trained one epoch in-process, then
     evaluated on val with its maps saved; each built once per module."""
     from camlab.eval import evaluate
     from camlab.train import train
@@ -225,8 +265,8 @@ def test_vit_cam_is_the_head_weights_on_timms_patch_tokens(runs):
     model = load_checkpoint(run["ckpt"])
     ds, images = val_images(48, 4)
     with torch.no_grad():
-        tokens = model.backbone.model.forward_features(images)  # (4, 1 + 9, 192): class token first
-    weight = model.head.weight.detach()  # (5, 192)
+        tokens = model.backbone.model.forward_features(images)  # (4, 1 + 9, 64): class token first
+    weight = model.head.weight.detach()  # (5, 64)
     for n in range(4):
         c = int(cams["label"][n])
         assert c == int(ds[n]["label"])
@@ -250,9 +290,9 @@ def test_predict_on_a_timm_checkpoint_gives_a_by_hand_classifiers_scores(runs, k
 
     state = torch.load(run["ckpt"], map_location="cpu", weights_only=False)["state_dict"]
     if kind == "vit":
-        net = timm.create_model("deit_tiny_patch16_224", num_classes=0, dynamic_img_size=True, dynamic_img_pad=True)
+        net = timm.create_model("test_vit", num_classes=0, dynamic_img_size=True, dynamic_img_pad=True)
     else:
-        net = timm.create_model("resnet18", num_classes=0, output_stride=16)
+        net = timm.create_model("test_resnet", num_classes=0, output_stride=16)
     net.load_state_dict({k[len("backbone.model."):]: v for k, v in state.items() if k.startswith("backbone.model.")})
     with torch.no_grad():
         feats = net.eval().forward_features(images)

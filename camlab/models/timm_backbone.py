@@ -40,7 +40,7 @@ import difflib
 import functools
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -93,11 +93,21 @@ def _check_model_name(model_name: str) -> None:
                       f"{_LIST_HINT.format(arch.split('_')[0])}", settings=["model_name"])
 
 
+def _plain(value: Any) -> Any:
+    """Mappings and lists (an OmegaConf ``DictConfig`` / ``ListConfig`` included) as plain dicts and lists: timm
+    passes them on to torch ops that take nothing else."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _create(model_name: str, output_stride: int | None, model_kwargs: dict[str, Any],
             overlay: dict[str, Any]) -> nn.Module:
     """``timm.create_model`` at random init, with the dynamic-size options the model accepts."""
     timm = _timm()
-    kwargs = dict(model_kwargs)
+    kwargs = _plain(model_kwargs)
     for key in ("pretrained", "num_classes", "checkpoint_path", "pretrained_cfg_overlay"):
         if key in kwargs:
             raise ConfigError(f"model_kwargs.{key}: set by camlab (weights only from pretrained=<local file>, "
@@ -161,8 +171,12 @@ class TimmBackbone(Backbone):
                  pretrained_cfg_overlay: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         _check_model_name(model_name)
+        for key, value in (("model_kwargs", model_kwargs), ("pretrained_cfg_overlay", pretrained_cfg_overlay)):
+            if value is not None and not isinstance(value, Mapping):
+                raise ConfigError(f"{key} must be a mapping of timm arguments (e.g. {{drop_path_rate: 0.1}}), got "
+                                  f"{value!r}", settings=[key])
         self.model_name = model_name
-        self.model = _create(model_name, output_stride, dict(model_kwargs or {}), dict(pretrained_cfg_overlay or {}))
+        self.model = _create(model_name, output_stride, dict(model_kwargs or {}), _plain(pretrained_cfg_overlay or {}))
         self.stride = _nominal_stride(self.model, model_name)
         if output_stride is not None and self.stride != int(output_stride):
             raise ConfigError(f"timm model '{model_name}' does not support output_stride={output_stride} (its stride "
@@ -176,6 +190,10 @@ class TimmBackbone(Backbone):
         classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
         removed = self._measure()
         self.ignore_prefixes = tuple(f"model.{name}." for name in (*classifiers, *removed))
+        info = getattr(self.model.feature_info, "info", self.model.feature_info)
+        #: timm's feature levels as block names of this backbone (``model.layer1``... / ``model.blocks.0``...):
+        #: where module-side WSOL methods can plug in; their outputs are in the model's layout (see to_map).
+        self.feature_blocks = tuple(f"model.{i['module']}" for i in info if i.get("module"))
 
     # ---- forward -------------------------------------------------------------------------------------
     def output_size(self, input_size: int) -> int:
@@ -186,9 +204,12 @@ class TimmBackbone(Backbone):
         h, w = self.output_size(x.shape[-2]), self.output_size(x.shape[-1])
         if self.pad_to_stride:
             x = F.pad(x, (0, -x.shape[-1] % self.stride, 0, -x.shape[-2] % self.stride))
-        return self._to_map(self.model.forward_features(x), h, w)  # (N, K, h, w)
+        return self.to_map(self.model.forward_features(x), h, w)  # (N, K, h, w)
 
-    def _to_map(self, y: Tensor, h: int, w: int) -> Tensor:
+    def to_map(self, y: Tensor, h: int, w: int) -> Tensor:
+        """The model's features in its own layout (``N×K×h×w``, ``N×h×w×K``, or ViT tokens ``N×(P + h·w)×K``; a
+        block's output as well as the last one) as ``N×K×h×w``: the prefix tokens dropped, the patch tokens row-major
+        on the ``h×w`` grid (``h, w = output_size(H), output_size(W)``). A view where the layout allows."""
         if self._layout == "nchw":
             return y
         if self._layout == "nhwc":
@@ -198,6 +219,16 @@ class TimmBackbone(Backbone):
             raise RuntimeError(f"timm model '{self.model_name}' gave {patches.shape[1]} patch tokens for a {h}×{w} "
                                f"grid")
         return patches.transpose(1, 2).reshape(y.shape[0], y.shape[2], h, w)  # row-major grid
+
+    def from_map(self, m: Tensor, like: Tensor) -> Tensor:
+        """The inverse of :meth:`to_map`: an ``N×K×h×w`` map (e.g. ``to_map(like)`` times a mask) back in the layout
+        of ``like``, the prefix tokens of ``like`` kept as they are (what a hook replacing a block's output needs)."""
+        if self._layout == "nchw":
+            return m
+        if self._layout == "nhwc":
+            return m.permute(0, 2, 3, 1)
+        patches = m.flatten(2).transpose(1, 2)  # (N, h*w, K)
+        return torch.cat([like[:, :self.num_prefix_tokens], patches], dim=1)
 
     # ---- the contract, measured at build ---------------------------------------------------------------
     def _side(self, size: int) -> int:
@@ -276,7 +307,8 @@ class TimmBackbone(Backbone):
                 first = " ".join(str(failure).split())[:160]
                 raise self._unsupported(f"it does not run on {4 * s}×{5 * s} inputs ({type(failure).__name__}: "
                                         f"{first}); camlab needs a model that accepts sizes other than its "
-                                        f"{size[1]}×{size[2]} (fixed position tables: BEiT, CaiT, MLP-Mixer, LeViT, ...)")
+                                        f"{size[1]}×{size[2]} (fixed position tables: BEiT, CaiT, MLP-Mixer, "
+                                        f"LeViT, ...)")
         finally:
             for hook in hooks:
                 hook.remove()
@@ -396,6 +428,9 @@ def create_timm_backbone(model_name: str = "resnet50", output_stride: int | None
     (torch.Size([1, 512, 4, 5]), 512, 16, 16)
     """
     _check_model_name(model_name)
+    if pretrained_cfg_overlay is not None and not isinstance(pretrained_cfg_overlay, Mapping):
+        raise ConfigError(f"pretrained_cfg_overlay must be a mapping (e.g. {{file: /path/weights.safetensors}}), got "
+                          f"{pretrained_cfg_overlay!r}", settings=["pretrained_cfg_overlay"])
     overlay = dict(pretrained_cfg_overlay or {})
     path = _weights_file(model_name, pretrained, overlay.pop("file", None))
     backbone = TimmBackbone(model_name, output_stride=output_stride, model_kwargs=model_kwargs,
