@@ -4,9 +4,10 @@ Run with the PEERS venv (the peers are never camlab dependencies), from the repo
 
     /work/peers-venv/bin/python benchmarks/crosscheck_cam_methods.py [--n 2] [--size 224] [--methods gradcam ...]
 
-One seeded torchvision resnet18 (random weights, eval mode): camlab sees it through
-``camlab.models.pretrained.cam_model_from_torchvision_module``, each peer gets its own deep copy (their hooks never
-touch camlab's forward), target layer ``layer4``. Same images (smooth random RGB, ImageNet-normalized), same target
+One seeded torchvision resnet18 (random weights, eval mode): camlab sees it as :class:`ResNetCAM` (the trunk up to
+``layer4``, GAP, the ``fc`` head: what ``camlab.models.pretrained.cam_model_from_torchvision_module`` builds, without
+Lightning, which the peers venv lacks), each peer gets its own deep copy (their hooks never touch camlab's forward),
+target layer ``layer4``. Same images (smooth random RGB, ImageNet-normalized), same target
 classes (the predicted ones). Each peer's raw map at feature resolution is taken before it resizes anything:
 pytorch-grad-cam's ``get_cam_image`` output (spied), then its ReLU (``BaseCAM`` applies one to every method);
 torchcam's maps with ``normalized=False``. camlab's raw maps come from ``compute_cams``; HiResCAM's are signed, so
@@ -16,7 +17,7 @@ value, ``max |camlab - peer| / max |peer|``, over the batch; "equal" below 1e-4.
 Where the definitions differ the script checks the difference is the stated one:
 
 * Grad-CAM++: pytorch-grad-cam adds 1e-6 inside the alpha denominator; torchcam divides a copy (its alpha is
-  ``g^2``, never divided); camlab follows the paper (``benchmarks/CAM_PEERS.md``). Each peer's formula, written
+  ``g^2``, never divided); camlab follows the paper (``docs/cam-methods.md``). Each peer's formula, written
   here from camlab's own head gradients, reproduces that peer.
 * Score-CAM: camlab upsamples each channel (bilinear, ``align_corners=False``) then min-max normalizes it (the
   paper's order); pytorch-grad-cam upsamples with ``align_corners=True``, torchcam normalizes before upsampling.
@@ -46,8 +47,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import camlab.cam_score  # noqa: E402
+from camlab.cam import class_activation_maps  # noqa: E402
 from camlab.cam_methods import METHODS, compute_cams  # noqa: E402
-from camlab.models.pretrained import cam_model_from_torchvision_module  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -64,6 +65,36 @@ def seeded_resnet18(num_classes: int = 1000, seed: int = 0) -> torch.nn.Module:
 
     torch.manual_seed(seed)
     return torchvision.models.resnet18(weights=None, num_classes=num_classes).eval()
+
+
+class ResNetCAM(torch.nn.Module):
+    """A torchvision ResNet as a camlab CAM model (the interface of :mod:`camlab.cam_methods`): ``forward`` ->
+    ``{"logits", "features"}``, GAP ``pooled``, the ``fc`` layer as ``head``; the same computation as
+    ``cam_model_from_torchvision_module(net, "resnet18")`` (which needs Lightning)."""
+
+    pool = "gap"
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
+                                        net.layer1, net.layer2, net.layer3, net.layer4)
+        self.head = net.fc
+        self.eval()
+
+    def pooled(self, features: torch.Tensor) -> torch.Tensor:
+        return features.mean(dim=(2, 3))
+
+    def cam(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        return class_activation_maps(features, self.head.weight, classes)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.body(images)
+        return {"logits": self.head(self.pooled(features)), "features": features}
+
+
+def camlab_model(net: torch.nn.Module) -> ResNetCAM:
+    """camlab's view of ``net``: a deep copy (the peers' hooks stay on theirs)."""
+    return ResNetCAM(copy.deepcopy(net))
 
 
 def image_batch(n: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -173,7 +204,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
     args = ap.parse_args()
     net = seeded_resnet18()
-    model = cam_model_from_torchvision_module(copy.deepcopy(net), "resnet18")
+    model = camlab_model(net)
     x = image_batch(args.n, args.size)
     with torch.inference_mode():
         out = model(x)

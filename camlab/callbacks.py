@@ -65,8 +65,9 @@ class CAMLocalization(L.Callback):
     per-image values to the report's columns (``per_image.csv``). ``None`` or ``stages: []``: off.
 
     ``cam_method`` picks how the maps are built from those features (:data:`camlab.cam_methods.METHODS`):
-    ``"cam"`` (the linear head's CAM), ``"gradcam"``, ``"gradcam_pp"``, ``"xgradcam"``, ``"layercam"``; the
-    gradient methods re-run only the pooling + head with autograd (see :mod:`camlab.cam_methods`). Metrics,
+    ``"cam"`` (the linear head's CAM), the gradient methods (``"gradcam"``, ``"gradcam_pp"``, ``"hirescam"`` ...,
+    which re-run only the pooling + head with autograd), ``"ablationcam"``, ``"eigencam"``, and ``"scorecam"`` /
+    ``"smoothgradcampp"``, which run the model again on the batch's images (see :mod:`camlab.cam_methods`). Metrics,
     curves and overlays all use the same method. ``cam_options``: the method's options (the ``cam_method`` config
     group's keys besides ``name``, e.g. Score-CAM's ``batch_size``; :func:`camlab.cam_methods.check_options`).
 
