@@ -122,3 +122,53 @@ def test_bad_table_keys_are_one_line(sweep, capsys):
     with pytest.raises(SystemExit):
         compare_main([str(sweep), "--table", "--no-files", "--cells", "test/nope", "--running-window", "0"])
     assert "--cells test/nope: no job logged any of them" in capsys.readouterr().err
+
+
+# ---- the sweeps behind the table: experiment=wsol_table and hparams_search=<method> ------------------------------
+def sweep_params(overrides: list[str]) -> tuple:
+    """(composed config, {key: parsed sweep value}) of a multirun config, as the sweeper would read its params."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from test_configs import composed
+
+    cfg = composed(overrides)
+    parser = OverridesParser.create()
+    params = {k: parser.parse_override(f"{k}={v}").value() for k, v in HydraConfig.get().sweeper.params.items()}
+    return cfg, params
+
+
+def test_wsol_table_sweeps_every_method_on_two_backbones_with_the_budget():
+    cfg, params = sweep_params(["experiment=wsol_table"])
+    assert params["wsol"].list == ["cam", "has", "acol", "spg", "adl", "cutmix"]
+    assert params["backbone"].list == ["tiny_cnn", "resnet18"]
+    assert cfg.data.val_per_class == 10 and cfg.test is True and cfg.optimized_metric.startswith("val/")
+
+
+@pytest.mark.parametrize("method", ["cam", "has", "acol", "spg", "adl", "cutmix"])
+def test_hparams_search_per_method_composes_and_its_ranges_build_the_method(method):
+    from hydra.core.hydra_config import HydraConfig
+
+    from camlab.methods import build_method
+
+    cfg, params = sweep_params([f"hparams_search={method}"])
+    sweeper = HydraConfig.get().sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and HydraConfig.get().mode.name == "MULTIRUN"
+    assert cfg.wsol.name == method and cfg.test is False and cfg.optimized_metric == "val/loc/MaxBoxAccV2"
+    assert sweeper.study_name == f"{cfg.task_name}_{method}"
+    lr = params.pop("model.optimizer.lr")  # every method's search has the learning rate, on a log scale
+    assert "log" in lr.tags and 0 < lr.start < lr.end
+    own = {k.removeprefix("wsol."): v for k, v in params.items() if k.startswith("wsol.")}
+    assert own or method == "cam", f"hparams_search={method} searches none of its own keys"  # cam has none
+    for key in params:  # every searched key is a key of the composed config (a typo would add a new one)
+        node = cfg
+        for part in key.split("."):
+            assert part in node, f"hparams_search={method}: {key} is not in the config"
+            node = node[part]
+    spec = {k: v for k, v in cfg.wsol.items() if k != "blocks"}
+    for end in ("start", "end"):  # both ends of every range are values the method accepts
+        values = {k: (v.list[0 if end == "start" else -1] if hasattr(v, "list") else getattr(v, end))
+                  for k, v in own.items()}
+        build_method({**spec, **values})
+    if method == "spg":  # every low threshold's range lies below every high one's: each pair stays ordered
+        assert max(own[f"threshold_{i}l"].end for i in (1, 2, 3)) < min(own[f"threshold_{i}h"].start for i in (1, 2, 3))

@@ -1,14 +1,17 @@
 """DDP through the real train app: 2 gloo CPU processes on an odd-sized validation set give exactly the
-single-process localization metrics (DistributedSampler pads 41 samples to 42; camlab de-duplicates by index)."""
+single-process localization metrics (DistributedSampler pads 41 samples to 42; camlab de-duplicates by index);
+a multirun of DDP jobs; every WSOL training method under 2 processes."""
 
 from __future__ import annotations
 
 import csv
 import math
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
-import lightning.pytorch as L
 import pytest
 import torch
 
@@ -69,43 +72,39 @@ def test_multirun_times_ddp_runs_each_job_once_with_both_ranks_in_its_dir(tmp_pa
         assert (job / "csv" / "metrics.csv").is_file()
 
 
-class SeenZeros(L.Callback):
-    """Test-only: each rank saves which pixels of its training batches reached the backbone as 0 (HaS's hidden
-    cells: no normalized synthetic pixel is exactly 0), with the epoch and batch index, in the job's dir."""
-
-    def on_fit_start(self, trainer, pl_module):
-        self.rows, self.step = [], None
-        pl_module.backbone.register_forward_pre_hook(self._seen)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.step = (trainer.current_epoch, batch_idx)
-
-    def _seen(self, module, args):
-        if module.training and self.step is not None:
-            self.rows.append((*self.step, (args[0] == 0).all(dim=1)))  # (B, H, W)
-            self.step = None
-
-    def on_fit_end(self, trainer, pl_module):
-        out = Path(pl_module.run_config["paths"]["output_dir"]) / f"seen_zeros_rank{trainer.global_rank}.pt"
-        torch.save(self.rows, out)
+WSOL_WORKER = Path(__file__).resolve().parent / "_ddp_wsol_worker.py"
 
 
 @pytest.mark.slow
-def test_ddp_trains_a_data_side_and_a_module_side_wsol_method_with_per_rank_seeds(tmp_path):
-    env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")])}
-    args = ["-m", "wsol=has,spg", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "debug=limit",
-            "trainer.max_epochs=1", "trainer.limit_train_batches=2", "test=false", "data.image_size=32",
-            "backbone.width=4", "data.num_train=64", "data.num_val=16", "data.batch_size=8", "logger=csv",
-            "callbacks=[resume,cam_localization]", "callbacks.cam_localization.num_overlays=0",
-            "callbacks.cam_localization.write_curves=false", "+callbacks.seen._target_=test_ddp_train.SeenZeros"]
-    res = run(args, cwd=tmp_path, env=env, timeout=500)
-    assert res.returncode == 0, res.stderr[-3000:]
-    has, spg = sorted(p for p in only_dir(tmp_path / "outputs" / "train" / "multiruns").iterdir() if p.is_dir())
-    for job in (has, spg):
-        losses = [float(r["train/loss"]) for r in csv.DictReader(open(job / "csv" / "metrics.csv")) if r.get("train/loss")]
-        assert len(losses) == 2 and all(math.isfinite(v) for v in losses), (job, losses)
-    # HaS: every rank hid exactly the cells its (seed, rank, epoch, batch) generator draws, and the ranks differ
-    seen = {r: torch.load(has / f"seen_zeros_rank{r}.pt", weights_only=True) for r in (0, 1)}
+def test_every_wsol_method_trains_under_two_gloo_processes_with_per_rank_seeds(tmp_path):
+    """Every method of the wsol group trains in one 2-process gloo group (the ranks of _ddp_wsol_worker.py, one
+    start-up for all methods): finite losses, the same parameters on both ranks after training (gradients were
+    all-reduced: every new head took part in the step), and HaS hid on each rank exactly the cells that rank's
+    (seed, rank, epoch, batch) generator draws, differently on the two ranks."""
+    methods = ["has", "cutmix", "adl", "acol", "spg"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    here = str(Path(__file__).resolve().parent)
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK")}
+    env.update(WANDB_MODE="disabled", PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([here, env.get("PYTHONPATH", "")]))
+    procs = [subprocess.Popen([sys.executable, str(WSOL_WORKER), str(r), str(port), str(tmp_path), *methods],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
+    outs = [p.communicate(timeout=500) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-3000:] for _, err in outs]
+    for method in methods:
+        job = tmp_path / method
+        rows = list(csv.DictReader(open(job / "csv" / "metrics.csv")))
+        losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+        assert len(losses) == 2 and all(math.isfinite(v) for v in losses), (method, losses)
+        assert any(r.get("val/loc/MaxBoxAccV2") for r in rows), method
+        p0, p1 = (torch.load(job / f"params_rank{r}.pt", weights_only=True) for r in (0, 1))
+        assert p0.keys() == p1.keys() and all(torch.equal(p0[k], p1[k]) for k in p0), method
+        if method in ("acol", "spg"):
+            assert any(k.startswith("wsol_method.") for k in p0), method  # its heads are trained under DDP too
+    seen = {r: torch.load(tmp_path / "has" / f"seen_zeros_rank{r}.pt", weights_only=True) for r in (0, 1)}
     for rank, rows in seen.items():
         assert [(e, b) for e, b, _ in rows] == [(0, 0), (0, 1)]
         for epoch, index, zeros in rows:

@@ -75,6 +75,28 @@ def test_val_per_class_on_disk_reads_the_records_and_names_a_short_class(tmp_pat
     assert "val_per_class=4 but class 1 (1) has only 3 val images" in line and "data.val_per_class" in line
 
 
+def test_val_per_class_on_native_cub_and_its_held_out_val(tmp_path):
+    """The native CUB layout: val = the test split (records), or data.val_from=train (a held-out Subset of train)."""
+    from hydra.utils import instantiate
+
+    specs = [fx.Spec(f"t{i}", (30, 24), label, [(4, 4, 20, 18)], "test") for i, label in enumerate([0, 0, 0, 1, 1, 2, 2, 2])]
+    specs += [fx.Spec(f"r{i}", (30, 24), i % 3, [(2, 2, 9, 9)], "train") for i in range(30)]
+    root = fx.make_cub(tmp_path / "CUB", segmentations=False, specs=specs)
+    base = ["data=cub", f"data.root={root}", "data.num_classes=3", "data.image_size=32", "data.resize_size=32",
+            "data.num_workers=0"]
+
+    def labels(extra):
+        ds = instantiate(composed("train", [*base, *extra], tmp_path).data).dataset("val")
+        return [int(ds[i]["label"]) for i in range(len(ds))], ds.indices
+
+    got, picked = labels(["data.val_per_class=2"])
+    assert Counter(got) == {0: 2, 1: 2, 2: 2} and picked == labels(["data.val_per_class=2"])[1]
+    held, _ = labels(["data.val_from=train", "data.val_fraction=0.5", "data.val_per_class=3"])
+    assert Counter(held) == {0: 3, 1: 3, 2: 3}
+    with pytest.raises(ConfigError, match="class 1 .* has only 2 val images"):
+        labels(["data.val_per_class=3"])
+
+
 # ---- thresholds chosen on val, applied to test --------------------------------------------------------------------
 def nested_map(size: int = 32) -> np.ndarray:
     """1.0 on a small square, 0.5 on a large one around it, 0 elsewhere."""

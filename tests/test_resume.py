@@ -115,8 +115,9 @@ class StopAt(L.Callback):
             raise Stopped
 
 
-# One data-side method and two module-side ones (random draws; a second head in the optimizer and the checkpoint).
-@pytest.mark.parametrize("method", ["cutmix", "adl", "acol"])
+# Every method: the data-side ones draw with a torch (has) or numpy (cutmix) generator, adl draws in its hooks,
+# acol and spg add heads to the optimizer and the checkpoint.
+@pytest.mark.parametrize("method", ["has", "cutmix", "adl", "acol", "spg"])
 def test_a_run_with_a_wsol_method_resumes_to_exactly_the_uninterrupted_weights(method, tmp_path, one_thread):
     """In-process and smaller than the SIGKILL test above: the run is stopped by an exception in epoch 1 and
     everything it built is dropped, as by a kill; a new run resumes from its last.ckpt (epoch 0). The methods draw

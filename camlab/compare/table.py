@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from camlab.atomic import atomic_write, write_text
 from camlab.compare.jobs import Job
 from camlab.errors import CompareError
 
@@ -64,6 +65,7 @@ class Cell:
 
     @property
     def mean(self) -> float | None:
+        """The mean of the values, None without any."""
         return sum(self.values) / len(self.values) if self.values else None
 
     @property
@@ -76,6 +78,7 @@ class Cell:
         return math.sqrt(sum((v - m) ** 2 for v in self.values) / (n - 1))
 
     def text(self) -> str:
+        """The cell as shown: the mean (one decimal), with ``±std (n=...)`` over several jobs; ``—`` when empty."""
         if not self.values:
             return "—"
         out = f"{self.mean:.1f}" if abs(self.mean) >= 1 else f"{self.mean:.3g}"
@@ -97,6 +100,8 @@ class MethodsTable:
     budgets: list[str] = field(default_factory=list)  # distinct data.val_per_class values of the jobs used
 
     def cell(self, row: str, column: str, metric: str) -> Cell:
+        """The cell of (``row``, ``column``, ``metric``), an empty one where no job gave it (the baseline row: the
+        same cell in every column)."""
         if row == BASELINE_ROW:
             return self.baseline.get(metric, Cell())
         return self.cells.get((row, column, metric), Cell())
@@ -172,6 +177,7 @@ def layout(table: MethodsTable, best_mark: Callable[[str], str]) -> tuple[list[s
 
 
 def footer(table: MethodsTable) -> list[str]:
+    """The lines under the table: how to read it, the protocol (``@val``, the budget), the baseline, skipped jobs."""
     lines = [f"rows: {table.rows_key}; columns: {table.columns_key}; cells: mean over the jobs of a pair "
              f"(± sample std and n when several); the best of each column and metric is marked (* printed, bold in "
              f"Markdown)",
@@ -186,7 +192,9 @@ def footer(table: MethodsTable) -> list[str]:
 
 
 def write_table_csv(file: Path, table: MethodsTable) -> None:
-    with file.open("w", newline="") as handle:
+    """``table.csv``: one line per (row, column, metric) with a value: mean, std, n, best (0/1), the jobs; the
+    baseline's lines have the column ``*``."""
+    with atomic_write(file, "w", newline="") as handle:  # atomic: never a partial file
         writer = csv.writer(handle)
         writer.writerow([table.rows_key, table.columns_key, "metric", "mean", "std", "n", "best", "jobs"])
         for r in table.rows:
@@ -201,12 +209,13 @@ def write_table_csv(file: Path, table: MethodsTable) -> None:
 
 
 def write_table_markdown(file: Path, table: MethodsTable, title: str) -> None:
+    """``table.md``: the table with the best cells in bold, and :func:`footer`'s lines as a list."""
     header, rows = layout(table, lambda t: f"**{t}**")
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |",
              "|---|" + "---:|" * (len(header) - 1)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines += [""] + [f"- {line}" for line in footer(table)]
-    file.write_text("\n".join(lines) + "\n")
+    write_text(file, "\n".join(lines) + "\n")
 
 
 def write_table_plot(file: Path, table: MethodsTable, title: str) -> None:
@@ -246,5 +255,8 @@ def write_table_plot(file: Path, table: MethodsTable, title: str) -> None:
                title=f"{table.rows_key} (outlined: best of its column)", title_fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.14, 1, 1))
-    fig.savefig(file)
-    plt.close(fig)
+    try:
+        with atomic_write(file, "wb") as handle:
+            fig.savefig(handle, format="png")
+    finally:
+        plt.close(fig)
