@@ -82,7 +82,8 @@ def check_method(method: str) -> str:
 
 def _positive_int(key: str, value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"cam_method.{key} must be an integer >= 1 ({what}), got {value!r}")
+        raise ConfigError(f"cam_method.{key} must be an integer >= 1 ({what}), got {value!r}",
+                          settings=[f"cam_method.{key}"])
     return value
 
 
@@ -103,7 +104,8 @@ def check_options(method: str, options: Mapping[str, Any] | None = None) -> dict
     unknown = sorted(set(given) - set(known))
     if unknown:
         keys = ", ".join(known) if known else "none"
-        raise ConfigError(f"cam_method={method} has no key {', '.join(unknown)} (its keys: {keys})")
+        raise ConfigError(f"cam_method={method} has no key {', '.join(unknown)} (its keys: {keys})",
+                          settings=[f"cam_method.{k}" for k in unknown])
     opts = {**known, **given}
     if "batch_size" in opts:
         what = "masked images per forward pass" if method == "scorecam" else "ablated feature maps per head pass"
@@ -114,10 +116,10 @@ def check_options(method: str, options: Mapping[str, Any] | None = None) -> dict
         sigma = opts["sigma"]
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
             raise ConfigError(f"cam_method.sigma must be a number >= 0 (the noise's standard deviation, in the "
-                              f"model's input units), got {sigma!r}")
+                              f"model's input units), got {sigma!r}", settings=["cam_method.sigma"])
         opts["sigma"] = float(sigma)
     if "seed" in opts and (isinstance(opts["seed"], bool) or not isinstance(opts["seed"], int)):
-        raise ConfigError(f"cam_method.seed must be an integer, got {opts['seed']!r}")
+        raise ConfigError(f"cam_method.seed must be an integer, got {opts['seed']!r}", settings=["cam_method.seed"])
     return opts
 
 

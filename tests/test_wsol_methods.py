@@ -337,3 +337,20 @@ def test_each_method_trains_under_debug_fast(method, tmp_path, one_thread):
 
     metrics = train(composed("train", [*FAST, f"wsol={method}"], tmp_path))
     assert math.isfinite(metrics["train/loss"]) and "val/loc/MaxBoxAccV2" in metrics, metrics
+
+
+# ---- timm backbones ---------------------------------------------------------------------------------------------
+def test_timm_cnn_default_blocks_are_timm_feature_levels_and_vits_are_refused_in_one_line():
+    from camlab.methods.blocks import check_blocks, default_blocks
+
+    cnn = create_backbone("timm", model_name="resnet18")
+    assert default_blocks(cnn, "adl") == ["model.layer3", "model.layer4"]  # the last two of timm's feature levels
+    assert default_blocks(cnn, "spg") == ["model.layer2", "model.layer3"]
+    assert check_blocks(cnn, default_blocks(cnn, "adl")) == [256, 512]  # real (B, C, h, w) maps
+    vit = create_backbone("timm", model_name="vit_tiny_patch16_224")
+    for method in ("adl", "spg"):
+        with pytest.raises(ConfigError) as err:
+            default_blocks(vit, method)
+        message = str(err.value)
+        assert "\n" not in message and err.value.settings == ("wsol.name",), message
+        assert f"wsol={method} needs (B, C, h, w) feature maps" in message and "patch tokens" in message

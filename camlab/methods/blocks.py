@@ -44,6 +44,8 @@ def default_blocks(backbone: nn.Module, method: str) -> list[str]:
     block; VGG16: pool3, conv4_3, conv5_3; Inception-v3: Mixed_5d, Mixed_6e); tiny_cnn: its last two conv blocks.
     SPG: the two outputs wsolevaluation feeds its B1 / B2 heads from (ResNet: ``layer3.0``, ``layer3``; VGG16:
     pool4, conv5_3; Inception-v3: Mixed_5d, Mixed_6d); tiny_cnn: its second (pooled) and third conv blocks.
+    timm CNNs (``backbone=timm``): from timm's own feature levels, ADL after the last two, SPG from the two
+    before the last (``model.layer3``, ``model.layer4`` / ``model.layer2``, ``model.layer3`` for a ResNet).
     """
     kind = type(backbone).__name__
     adl = method == "adl"
@@ -61,8 +63,27 @@ def default_blocks(backbone: nn.Module, method: str) -> list[str]:
         n = len(backbone.features)
         adl_idx, spg_idx = _FEATURES_BLOCKS.get(arch, ([n - 2, n - 1], [n - 3, n - 2]))
         return [f"features.{i}" for i in (adl_idx if adl else spg_idx)]
+    if kind == "TimmBackbone":
+        return _timm_blocks(backbone, method)
     raise ConfigError(f"wsol.blocks: there is no default for backbone {kind}; name its blocks with "
                       f"wsol.blocks=[...] (its blocks: {_listing(backbone)})", settings=["wsol.blocks"])
+
+
+def _timm_blocks(backbone: nn.Module, method: str) -> list[str]:
+    """Default blocks of a timm backbone from its ``feature_blocks``; a clear line where its blocks give no
+    ``(B, C, h, w)`` map (ViT tokens, channels-last stages), which ADL's and SPG's spatial masks need."""
+    layout = getattr(backbone, "_layout", "nchw")
+    if layout != "nchw":
+        what = "patch tokens" if layout == "tokens" else "channels-last (B, h, w, C) maps"
+        raise ConfigError(f"wsol={method} needs (B, C, h, w) feature maps from backbone blocks, and timm "
+                          f"'{backbone.model_name}' gives {what}: not supported; use wsol=cam, has, cutmix or acol with "
+                          f"it, or a timm CNN", settings=["wsol.name"])
+    levels = list(getattr(backbone, "feature_blocks", ()))
+    if len(levels) < 3:
+        raise ConfigError(f"wsol.blocks: timm '{backbone.model_name}' has {len(levels)} feature level(s), too few for "
+                          f"a default; name its blocks with wsol.blocks=[...] (its blocks: {_listing(backbone)})",
+                          settings=["wsol.blocks"])
+    return levels[-2:] if method == "adl" else levels[-3:-1]
 
 
 def check_blocks(backbone: nn.Module, names: Sequence[str], needs_fresh_output: bool = False) -> list[int]:

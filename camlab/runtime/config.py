@@ -80,6 +80,8 @@ def config_keys(cfg: DictConfig, settings: Iterable[str], scope: str | None = No
     ['data.val_dataset.max_objects', 'model.optimizer', 'model.optimizer.lr']
     >>> config_keys(cfg, ["max_objects"], scope="data.test_dataset")
     ['data.test_dataset.max_objects']
+    >>> config_keys(cfg, ["model.optimizer.lr"], scope="callbacks.x")  # a whole key from the top
+    ['model.optimizer.lr']
     """
     tree = OmegaConf.to_container(cfg, resolve=False)
     values = dict(_flatten({k: v for k, v in tree.items() if k != "hydra"}))
@@ -90,7 +92,8 @@ def config_keys(cfg: DictConfig, settings: Iterable[str], scope: str | None = No
         found: list[str] = []
         while parts and not found:
             tail = ".".join(parts)
-            found = [k for k in values if k.endswith("." + tail)]
+            # a dotted setting may also be a top-level key itself (cam_method.batch_size)
+            found = [k for k in values if k.endswith("." + tail) or ("." in tail and k == tail)]
             parts = parts[1:]
         if scope:
             inside = [k for k in found if k == scope or k.startswith(scope + ".")]

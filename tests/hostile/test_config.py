@@ -174,6 +174,13 @@ FORMATS = {  # other data groups: their own mandatory keys and roots
                                                              "data.num_classes=..."]),
     "cub_root_missing": (["data=cub", "data.root=/nonexistent/cub", "debug=fast"],
                          ["CUB-200-2011 root not found: /nonexistent/cub"]),
+    # the cam_method group's own keys are top-level keys, interpolated into the callback: the line names them
+    "scorecam_batch_size_zero": (["cam_method=scorecam", "cam_method.batch_size=0", "debug=fast"],
+                                 ["cam_method.batch_size must be an integer >= 1", "(config key 'cam_method.batch_size')"]),
+    "smoothgradcampp_sigma_negative": (["cam_method=smoothgradcampp", "cam_method.sigma=-1", "debug=fast"],
+                                       ["cam_method.sigma must be a number >= 0", "(config key 'cam_method.sigma')"]),
+    "scorecam_unknown_key": (["cam_method=scorecam", "+cam_method.foo=1", "debug=fast"],
+                             ["cam_method=scorecam has no key foo", "(config key 'cam_method.foo')"]),
 }
 
 
