@@ -11,7 +11,8 @@ class and score) and ``predictions.json``. Boxes in the JSON are in ORIGINAL ima
 or null when the CAM has no region above the threshold.
 
 Images are read as stored (16-bit and float images scaled, EXIF orientation not applied: see
-:func:`camlab.data.images.read_rgb`). Hidden files of a folder (``.name``, macOS ``._name.jpg``) are skipped,
+:func:`camlab.data.images.read_rgb`), or with ``--exif-transpose`` turned upright as viewers show them (as
+``data.exif_transpose=true`` in training; boxes then in the upright image's pixels). Hidden files of a folder (``.name``, macOS ``._name.jpg``) are skipped,
 with a note. An unreadable image does not stop the others: every readable one is written, the unreadable ones
 are listed under ``"unreadable"`` in ``predictions.json``, and the command then exits with an error naming the
 first. URLs are refused (local files only).
@@ -75,12 +76,12 @@ def read_image(path: Path) -> np.ndarray:
     return read_image_oriented(path)[0]
 
 
-def read_image_oriented(path: Path) -> tuple[np.ndarray, int]:
-    """:func:`read_image` and the file's EXIF orientation (1: upright; not applied)."""
+def read_image_oriented(path: Path, exif_transpose: bool = False) -> tuple[np.ndarray, int]:
+    """:func:`read_image` and the file's EXIF orientation (1: upright; applied only with ``exif_transpose``)."""
     from camlab.data.images import read_rgb
 
     try:
-        image, orientation = read_rgb(path)
+        image, orientation = read_rgb(path, exif_transpose)
         return np.asarray(image), orientation
     except Exception as err:  # noqa: BLE001 - PIL raises several types for unreadable / truncated files
         text = " ".join(str(err).split()) or type(err).__name__
@@ -144,10 +145,11 @@ def _unique_name(path: Path, used: set[str]) -> str:
 
 def predict(model: Any, paths: Sequence[Path], out_dir: Path, topk: int = 3, threshold: float = 0.2,
             device: str = "cpu", batch_size: int = 16, cam_method: str = "cam",
-            cam_options: dict[str, Any] | None = None) -> dict[str, Any]:
+            cam_options: dict[str, Any] | None = None, exif_transpose: bool = False) -> dict[str, Any]:
     """Predict every image, write overlays and ``predictions.json``; returns the JSON document.
 
-    ``cam_options``: the CAM method's options (:func:`camlab.cam_methods.check_options`)."""
+    ``cam_options``: the CAM method's options (:func:`camlab.cam_methods.check_options`); ``exif_transpose``: turn
+    images with an EXIF orientation upright first (their boxes are then in the upright image's pixels)."""
     import torch
 
     from camlab.cam import minmax_normalize, upsample
@@ -173,7 +175,7 @@ def predict(model: Any, paths: Sequence[Path], out_dir: Path, topk: int = 3, thr
         chunk, images = [], []
         for p in paths[start:start + batch_size]:
             try:
-                image, orientation = read_image_oriented(p)
+                image, orientation = read_image_oriented(p, exif_transpose)
             except PredictError as err:  # the others are still predicted; listed and reported at the end
                 unreadable.append({"image": str(p), "error": str(err)})
                 continue
@@ -218,6 +220,7 @@ def predict(model: Any, paths: Sequence[Path], out_dir: Path, topk: int = 3, thr
         "images": entries,
         "unreadable": unreadable,
         "exif_oriented": oriented,
+        "exif_transpose": bool(exif_transpose),
     }
     text = json.dumps(doc, indent=2) + "\n"
     _write_atomic(out_dir / "predictions.json", lambda f: f.write(text.encode()))
@@ -365,6 +368,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cam-option", type=_cam_option, action="append", default=[], metavar="KEY=NUMBER",
                    help="an option of the CAM method, repeatable: scorecam/ablationcam batch_size, smoothgradcampp "
                         "n_samples, sigma, seed (docs/cam-methods.md)")
+    p.add_argument("--exif-transpose", action="store_true", help="turn images with an EXIF orientation upright "
+                   "(as viewers show them) before predicting; default: the stored pixels, as training reads them "
+                   "unless data.exif_transpose=true")
     return p.parse_args(argv)
 
 
@@ -397,13 +403,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = _load_model(source, args)
     model.source = str(source)
     doc = predict(model, paths, Path(args.out), topk=args.topk, threshold=args.threshold, device=device,
-                  batch_size=args.batch_size, cam_method=args.cam_method, cam_options=dict(args.cam_option))
+                  batch_size=args.batch_size, cam_method=args.cam_method, cam_options=dict(args.cam_option),
+                  exif_transpose=args.exif_transpose)
     out = Path(args.out)
     done = len(doc["images"])
     print(f"camlab: {done} image(s) -> {out / 'predictions.json'} and {out}/<name>_cam.png", flush=True)
-    if doc["exif_oriented"]:
+    if doc["exif_oriented"] and not args.exif_transpose:
         print(f"camlab: note: {len(doc['exif_oriented'])} image(s) have an EXIF orientation (shown rotated by "
-              f"viewers), first: {doc['exif_oriented'][0]}; predicted on the stored pixels, boxes in that grid",
+              f"viewers), first: {doc['exif_oriented'][0]}; predicted on the stored pixels, boxes in that grid "
+              f"(--exif-transpose: turned upright first)",
               file=sys.stderr, flush=True)
     if doc["unreadable"]:
         bad = doc["unreadable"]

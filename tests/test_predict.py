@@ -179,3 +179,26 @@ def test_class_names_file_not_utf8_names_it(trained, images, tmp_path):
     with pytest.raises(SystemExit, match=f"camlab: error: cannot read --class-names file {names}: not UTF-8"):
         main([str(trained["ckpt"]), str(images[0]), "--out", str(tmp_path / "o"), "--device", "cpu",
               "--class-names", str(names)])
+
+
+def test_exif_transpose_predicts_the_upright_image_and_the_default_the_stored_one(trained, images, tmp_path, capsys):
+    folder, ds = images
+    stored = Image.fromarray(np.asarray(Image.open(folder / "wide.png")))  # 96 wide x 64 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed a quarter turn clockwise: upright it is 64 wide x 96 high
+    shot = tmp_path / "in" / "shot.png"
+    shot.parent.mkdir()
+    stored.save(shot, exif=exif.tobytes())
+    main([str(trained["ckpt"]), str(shot), "--out", str(tmp_path / "as_stored"), "--device", "cpu"])
+    note = capsys.readouterr().err
+    assert "1 image(s) have an EXIF orientation" in note and "--exif-transpose" in note
+    main([str(trained["ckpt"]), str(shot), "--out", str(tmp_path / "upright"), "--device", "cpu", "--exif-transpose"])
+    assert "EXIF orientation" not in capsys.readouterr().err  # asked for: no note
+    as_stored = json.loads((tmp_path / "as_stored" / "predictions.json").read_text())
+    upright = json.loads((tmp_path / "upright" / "predictions.json").read_text())
+    assert (as_stored["images"][0]["width"], as_stored["images"][0]["height"]) == (96, 64)
+    assert (upright["images"][0]["width"], upright["images"][0]["height"]) == (64, 96)
+    assert upright["exif_transpose"] is True and as_stored["exif_transpose"] is False
+    assert upright["exif_oriented"] == as_stored["exif_oriented"] == [str(shot)]
+    assert Image.open(tmp_path / "upright" / "shot_cam.png").size[0] < Image.open(
+        tmp_path / "as_stored" / "shot_cam.png").size[0]  # the overlay is drawn on the upright image
