@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import pickle
 import re
 import sys
@@ -421,8 +422,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
+def _notes_to_stderr() -> logging.Handler | None:
+    """camlab's data warnings (16-bit images scaled, ...) as ``camlab: note: ...`` lines, as predict's own notes;
+    nothing where the caller already routes camlab's log."""
+    log = logging.getLogger("camlab")
+    if log.handlers or logging.getLogger().handlers:
+        return None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("camlab: note: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    log.addHandler(handler)
+    return handler
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    handler = _notes_to_stderr()
     try:
         run(args)
     except PredictError as err:
@@ -430,6 +445,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as err:  # bad model file, class names, ...: messages name the file
         text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())  # one line
         raise SystemExit(f"camlab: error: {text}") from None
+    finally:
+        if handler is not None:
+            logging.getLogger("camlab").removeHandler(handler)
 
 
 if __name__ == "__main__":

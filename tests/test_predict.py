@@ -202,3 +202,18 @@ def test_exif_transpose_predicts_the_upright_image_and_the_default_the_stored_on
     assert upright["exif_oriented"] == as_stored["exif_oriented"] == [str(shot)]
     assert Image.open(tmp_path / "upright" / "shot_cam.png").size[0] < Image.open(
         tmp_path / "as_stored" / "shot_cam.png").size[0]  # the overlay is drawn on the upright image
+
+
+def test_data_warnings_reach_the_terminal_as_camlab_notes(trained, tmp_path):
+    """In a real process (no logging set up, unlike under pytest) a 16-bit image's warning is a ``camlab: note:``
+    line beside predict's own lines, not a bare log message."""
+    import subprocess
+    import sys
+
+    deep = tmp_path / "deep.png"
+    Image.fromarray((np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60)).save(deep)
+    done = subprocess.run([sys.executable, "-m", "camlab.predict", str(trained["ckpt"]), str(deep), "--out",
+                           str(tmp_path / "out"), "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stderr.splitlines() if "I;16" in line]
+    assert len(notes) == 1 and notes[0].startswith(f"camlab: note: {deep} is a I;16 image: 16-bit values"), done.stderr
