@@ -354,3 +354,20 @@ def test_timm_cnn_default_blocks_are_timm_feature_levels_and_vits_are_refused_in
         message = str(err.value)
         assert "\n" not in message and err.value.settings == ("wsol.name",), message
         assert f"wsol={method} needs (B, C, h, w) feature maps" in message and "patch tokens" in message
+
+
+def test_has_cells_as_large_as_the_input_are_warned_once(caplog, one_thread):
+    model = tiny({"name": "has", "grid_size": 64, "drop_rate": 0.5})
+    b = batch()
+    model.train()
+    with caplog.at_level("WARNING", logger="camlab.methods"):
+        model.training_step(b, 0)
+        model.training_step(b, 1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "camlab.methods"]
+    assert len(lines) == 1 and lines[0].startswith("wsol.grid_size=64 is not smaller than the 16 x 16 training input")
+    caplog.clear()
+    small = tiny({"name": "has", "grid_size": 4, "drop_rate": 0.5})
+    small.train()
+    with caplog.at_level("WARNING", logger="camlab.methods"):
+        small.training_step(b, 0)
+    assert not [r for r in caplog.records if r.name == "camlab.methods"]

@@ -19,6 +19,7 @@ labels are mixed by the box's actual (clipped) area, ``lam = 1 - box area / (H W
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -27,6 +28,8 @@ from torch import Tensor, nn
 
 from camlab.errors import ConfigError
 from camlab.methods.base import StepRandom, WSOLMethod, check_int, check_rate
+
+log = logging.getLogger("camlab.methods")
 
 __all__ = ["CutMix", "HideAndSeek", "cutmix", "cutmix_box", "hidden_cells", "hide_and_seek", "sample_cutmix"]
 
@@ -64,11 +67,18 @@ class HideAndSeek(WSOLMethod):
         self.drop_rate = check_rate("drop_rate", drop_rate)
         self.seed = check_int("seed", seed, 0)
         self.keys = {"grid_size": self.grid_size, "drop_rate": self.drop_rate, "seed": self.seed}
+        self._warned_whole = False
 
     def training_loss(self, model: nn.Module, images: Tensor, labels: Tensor,
                       rng: StepRandom | None) -> tuple[Tensor, Tensor]:
         b, _, h, w = images.shape
         gen = rng.torch if rng is not None else None
+        if self.grid_size >= max(h, w) and not self._warned_whole:
+            # one cell covers the whole image: each image is then hidden entirely or not at all
+            self._warned_whole = True
+            log.warning("wsol.grid_size=%d is not smaller than the %d x %d training input: every image is one cell, "
+                        "hidden whole at drop_rate %.2f; give cells a fraction of the input side", self.grid_size, h, w,
+                        self.drop_rate)
         hidden = hidden_cells(b, h, w, self.grid_size, self.drop_rate, gen, images.device)
         return super().training_loss(model, hide_and_seek(images, hidden, self.grid_size), labels, rng)
 
