@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from camlab.data.masks import MaskSpec
-from camlab.data.records import Record, RecordDataset, assign_split, read_lines, require
+from camlab.data.files import assign_split, read_lines, require
+from camlab.data.records import Record, RecordDataset
 from camlab.errors import ConfigError, DataError
 
 LAYOUT = (

@@ -26,7 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from camlab.data.masks import MaskSpec
-from camlab.data.records import SPLITS, Record, RecordDataset, assign_split, read_text, require
+from camlab.data.files import SPLITS, assign_split, read_text, require
+from camlab.data.records import Record, RecordDataset
 from camlab.errors import ConfigError, DataError
 
 COCO_LAYOUT = (

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from camlab.data.records import IMAGE_EXTENSIONS, Record, RecordDataset, list_images, read_lines, require
+from camlab.data.files import IMAGE_EXTENSIONS, list_images, read_lines, require
+from camlab.data.records import Record, RecordDataset
 from camlab.errors import ConfigError, DataError
 
 LAYOUT = (

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from camlab.data.masks import MaskSpec
-from camlab.data.records import Record, RecordDataset, read_lines, require
+from camlab.data.files import read_lines, require
+from camlab.data.records import Record, RecordDataset
 from camlab.errors import ConfigError, DataError
 
 NUM_CLASSES = {"CUB": 200, "ILSVRC": 1000, "OpenImages": 100}
